@@ -1,0 +1,5 @@
+"""``python -m enginehost`` runs the CLI."""
+
+from enginehost.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""The ``enginehost`` command line.
+
+Each command imports what it needs inside its body, so ``enginehost plugins list``
+does not pay for the HTTP stack and ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from enginehost.core.settings import Settings
+
+app = typer.Typer(
+    name="enginehost",
+    help="Host WhatsApp engines as plugins and serve them over an OpenWA-compatible REST API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plugins_app = typer.Typer(
+    help="Inspect the installed engine and extension plugins.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(config_app, name="config")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"enginehost: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from enginehost.core.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from enginehost import __version__
+
+        typer.echo(f"enginehost {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Host WhatsApp engines as plugins and serve them over an OpenWA-compatible REST API.
+
+    Settings come from ENGINEHOST_* environment variables, a .env file, or the TOML file
+    named by ENGINEHOST_CONFIG; see `enginehost config show`.
+    """
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [env: ENGINEHOST_HOST; default 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port, 0 for any free one [env: ENGINEHOST_PORT; default 2785]."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory [env: ENGINEHOST_DATA_DIR; default ./data].")
+    ] = None,
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT (Ctrl-C), then shut down gracefully.
+
+    Health: GET /api/health, /api/health/live, /api/health/ready. Plugins: GET /api/plugins.
+    """
+    import anyio
+
+    from enginehost.core.daemon import DaemonError
+    from enginehost.core.daemon import serve as run_daemon
+    from enginehost.core.logging import configure_logging
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        anyio.run(run_daemon, settings)
+    except DaemonError as exc:
+        _fail(str(exc), code=1)
+
+
+# ---------------------------------------------------------------------------- plugins
+
+
+_COLUMNS = ("NAME", "DISTRIBUTION", "VERSION", "KIND", "HOOKS", "STATUS", "ERROR")
+
+
+def _table_rows(snapshot: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for plugin in snapshot["plugins"]:
+        error = plugin["error"]
+        rows.append(
+            (
+                plugin["name"],
+                plugin["distribution"] or "-",
+                plugin["version"] or "-",
+                plugin["kind"]
+                + (
+                    f" ({', '.join(e['name'] for e in plugin['engines'])})"
+                    if plugin["engines"]
+                    else ""
+                ),
+                ", ".join(plugin["hooks"]) or "-",
+                plugin["status"],
+                f"{error['stage']}: {error['message']}" if error else "",
+            )
+        )
+    return rows
+
+
+def _render_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [_COLUMNS, *rows]
+    ]
+    return "\n".join(lines)
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the documented JSON shape.")
+    ] = False,
+    hook: Annotated[str | None, typer.Option(help="Only plugins implementing this hook.")] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also log load errors with tracebacks to stderr."),
+    ] = False,
+) -> None:
+    """List every plugin with its version, kind, hooks and status.
+
+    Each plugin is imported, its engines constructed with their config blobs and
+    enabled, then disabled again, so the status is what `serve` would see. A broken
+    plugin is listed as failed with the stage and error; the command still exits 0.
+    """
+    import anyio
+
+    from enginehost.core.logging import configure_logging
+    from enginehost.core.plugins import PluginHost, hook_names
+
+    if hook is not None and hook not in hook_names():
+        _fail(f"unknown hook {hook!r}; known hooks: {', '.join(hook_names())}")
+    settings = _settings()
+    configure_logging(settings.log_level if verbose else "critical", settings.log_format)
+    plugins = PluginHost(settings, data_dir=settings.data_dir.expanduser().absolute())
+    plugins.load()
+
+    async def enable_then_disable() -> None:
+        async with plugins.running(plugins.services(), retry=False):
+            pass
+
+    anyio.run(enable_then_disable)
+    snapshot = plugins.snapshot(hook)
+    if as_json:
+        typer.echo(json.dumps(snapshot, indent=2))
+    elif snapshot["plugins"]:
+        typer.echo(_render_table(_table_rows(snapshot)))
+    else:
+        typer.echo("no plugins" + (f" implement {hook}" if hook else " are installed"))
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    typer.echo(json.dumps(_settings().redacted(), indent=2, default=str))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside the daemon (which handles it itself)
+        sys.exit(130)

@@ -1,0 +1,162 @@
+"""``enginehost serve``: the daemon, as one anyio task group.
+
+Boot order: data directory → plugins loaded and enabled → HTTP server listening →
+``host_started`` hook → ready. SIGTERM or SIGINT starts a graceful shutdown bounded by
+``ENGINEHOST_SHUTDOWN_TIMEOUT``: readiness turns 503 at once, the HTTP server stops
+taking requests, ``host_stopping`` runs, engine plugins are disabled. A second signal
+during shutdown stops waiting. The host owns the signals; uvicorn's own handlers are
+switched off so there is exactly one place that decides how the process ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.metadata
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from enginehost.core.http.app import AppState, create_app
+from enginehost.core.logging import get_logger
+from enginehost.core.plugins import PluginHost
+from enginehost.core.settings import Settings
+
+__all__ = ["DaemonError", "serve"]
+
+log = get_logger("enginehost.daemon")
+
+_SERVER_START_TIMEOUT = 15.0
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to change."""
+
+
+class _HostOwnedSignalsServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the host."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data directory if needed and return its absolute path."""
+    data_dir = path.expanduser().resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DaemonError(
+            f"cannot create the data directory {data_dir} ({exc.strerror}); "
+            "set ENGINEHOST_DATA_DIR or --data-dir to a writable place"
+        ) from exc
+    return data_dir
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves so a busy port is a clear error, not an exit."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise DaemonError(f"cannot resolve ENGINEHOST_HOST={host!r}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "another process is using it; set ENGINEHOST_PORT or --port"
+            if exc.errno == errno.EADDRINUSE
+            else exc.strerror
+        )
+        raise DaemonError(f"cannot listen on {host}:{port}: {hint}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_listening: Callable[[str, int], None] | None = None,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT; return normally after a graceful shutdown.
+
+    ``on_listening`` is called with the bound address once requests are served;
+    ``entry_points`` replaces plugin discovery (for embedding and tests).
+    """
+    from enginehost import __version__
+
+    data_dir = prepare_data_dir(settings.data_dir)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        plugins = PluginHost(settings, data_dir=data_dir, entry_points=entry_points)
+        plugins.load()
+        services = plugins.services()
+        state = AppState(plugins=plugins, version=__version__)
+        sock = bind_socket(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        server = _HostOwnedSignalsServer(
+            uvicorn.Config(
+                create_app(state),
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
+            )
+        )
+        async with anyio.create_task_group() as tg, plugins.running(services):
+            server_done = anyio.Event()
+
+            async def run_server() -> None:
+                try:
+                    await server.serve(sockets=[sock])
+                finally:
+                    server_done.set()
+
+            tg.start_soon(run_server)
+            with anyio.fail_after(_SERVER_START_TIMEOUT):
+                # uvicorn exposes only a flag for "started", no event to wait on.
+                while not server.started and not server_done.is_set():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            if not server.started:
+                raise DaemonError("the HTTP server stopped while starting; see the log above")
+            log.info("http.listening", host=host, port=port, url=f"http://{host}:{port}/api")
+            if on_listening is not None:
+                on_listening(host, port)
+            await plugins.call_hook("host_started", services=services)
+            state.ready = True
+            log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
+
+            async for signum in signals:
+                log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                break
+            state.ready = False
+            state.shutting_down = True
+            tg.start_soon(_force_on_second_signal, signals, server, tg.cancel_scope)
+            server.should_exit = True
+            with anyio.move_on_after(settings.shutdown_timeout) as scope:
+                await server_done.wait()
+            if scope.cancelled_caught:
+                log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
+                server.force_exit = True
+            tg.cancel_scope.cancel()
+    log.info("daemon.stopped")
+
+
+async def _force_on_second_signal(
+    signals: AsyncIterator[int], server: uvicorn.Server, scope: anyio.CancelScope
+) -> None:
+    async for signum in signals:
+        log.warning("daemon.forced_stop", signal=signal.Signals(signum).name)
+        server.force_exit = True
+        scope.cancel()
+        return

@@ -1,0 +1,56 @@
+"""The FastAPI application: built from the host's state, no globals.
+
+Routes added here follow the public contract (``/api`` prefix, camelCase JSON, the
+error model of :mod:`enginehost.core.http.errors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI
+
+from enginehost.core.engine import utc_now
+from enginehost.core.http.errors import install_error_handlers
+from enginehost.core.http.health import router as health_router
+from enginehost.core.http.plugins import router as plugins_router
+from enginehost.core.plugins import PluginHost
+
+__all__ = ["AppState", "create_app"]
+
+
+@dataclass(slots=True)
+class AppState:
+    """What the routes read: the plugin host and the daemon's lifecycle flags."""
+
+    plugins: PluginHost
+    version: str
+    started_at: datetime = field(default_factory=utc_now)
+    ready: bool = False
+    """True once the host finished booting; False again as soon as shutdown begins."""
+    shutting_down: bool = False
+
+
+def create_app(state: AppState) -> FastAPI:
+    """The HTTP application for one host."""
+    app = FastAPI(
+        title="enginehost",
+        version=state.version,
+        description="WhatsApp engine host with an OpenWA-compatible REST API.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.host = state
+    install_error_handlers(app)
+    app.include_router(health_router, prefix="/api")
+    app.include_router(plugins_router, prefix="/api")
+    return app
+
+
+def host_state(app: Any) -> AppState:
+    """The :class:`AppState` of an app made by :func:`create_app`."""
+    state: AppState = app.state.host
+    return state

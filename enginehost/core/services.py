@@ -1,0 +1,41 @@
+"""The services the host hands to plugins (``enable(services)``, ``host_started``).
+
+Plugins reach the host only through this object, never by importing host internals,
+so what is here is part of the public plugin API. Later services (sessions, messages,
+templates, the event bus) join it as fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from enginehost.core.settings import Settings
+
+__all__ = ["HostServices"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostServices:
+    """Read-only facts and helpers of the running host."""
+
+    settings: Settings
+    """The host's settings, validated at boot and frozen."""
+
+    data_dir: Path
+    """The host's data directory (absolute, created at boot)."""
+
+    version: str
+    """The host's version."""
+
+    def engine_data_dir(self, engine_name: str) -> Path:
+        """The directory reserved for an engine's own files (``<data dir>/engines/<name>``)."""
+        return self.data_dir / "engines" / engine_name
+
+    def logger(self, name: str, **bound: Any) -> Any:
+        """A structured logger named ``name`` with ``bound`` key/values on every line."""
+        return structlog.get_logger(name, **bound)

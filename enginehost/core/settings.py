@@ -1,0 +1,189 @@
+"""Host settings: read once at boot from the environment, validated, then frozen.
+
+Sources, highest priority first:
+
+1. environment variables prefixed ``ENGINEHOST_`` (nested keys with ``__``, e.g.
+   ``ENGINEHOST_ENGINES__SANDBOX__AUTO_SCAN_SECONDS=2``);
+2. a ``.env`` file in the working directory, if present;
+3. a TOML file named by ``ENGINEHOST_CONFIG``, if set (it must exist);
+4. the defaults below.
+
+A bad value is reported by :class:`SettingsError` naming the environment variable it
+came from. Settings never change while the host runs; an API that cannot apply a change
+says so instead of pretending.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings", "redact"]
+
+ENV_PREFIX = "ENGINEHOST_"
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["auto", "json", "console"]
+
+# Keys whose values are masked wherever settings or plugin config blobs are shown.
+_SECRET_KEY_MARKERS = ("secret", "password", "passwd", "token", "key", "pepper", "credential")
+
+
+def _split_names(value: Any) -> Any:
+    """Accept a comma list (``a, b``) for the plugin selection settings; keep lists as-is."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the host reads from its environment. Frozen after validation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(2785, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    data_dir: Path = Field(Path("data"), description="Where the host keeps its files.")
+    log_level: LogLevel = Field("info", description="Lowest level logged.")
+    log_format: LogFormat = Field(
+        "auto", description="auto: readable on a terminal, JSON lines otherwise."
+    )
+    load_plugins: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Comma list of plugins to load (unset: all installed; empty: none).",
+    )
+    disable_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma list of plugins not to load."
+    )
+    engines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-engine config blobs, by engine name (ENGINEHOST_ENGINES__<NAME>__<KEY>).",
+    )
+    shutdown_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds a graceful shutdown may take before forcing."
+    )
+    plugin_enable_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds an engine plugin's enable may take; past it the plugin is 'retrying'.",
+    )
+    plugin_retry_base: float = Field(
+        1.0, gt=0, le=600, description="First delay (s) before retrying a not-ready plugin."
+    )
+    plugin_retry_cap: float = Field(
+        60.0, gt=0, le=3600, description="Longest delay (s) between plugin enable retries."
+    )
+
+    _split_load = field_validator("load_plugins", "disable_plugins", mode="before")(_split_names)
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _lowercase_engine_names(cls, value: Any) -> Any:
+        # Environment variables arrive upper- or mixed-case; engine names are lower-case.
+        if isinstance(value, Mapping):
+            return {str(name).lower(): blob for name, blob in value.items()}
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise SettingsError([f"{CONFIG_FILE_VARIABLE}: no such file: {config_file}"])
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def engine_config(self, engine_name: str) -> dict[str, Any]:
+        """The config blob for ``engine_name`` (empty when the operator set none)."""
+        return dict(self.engines.get(engine_name, {}))
+
+    def plugin_selected(self, plugin_name: str) -> bool:
+        """Whether the operator's selection lets ``plugin_name`` load."""
+        if plugin_name in self.disable_plugins:
+            return False
+        return self.load_plugins is None or plugin_name in self.load_plugins
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain JSON-able data with every secret masked."""
+        redacted: dict[str, Any] = redact(self.model_dump(mode="python"))
+        return redacted
+
+
+class SettingsError(Exception):
+    """Settings failed validation; ``problems`` has one line per bad setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+def _variable_name(location: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in location)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise :class:`SettingsError` with readable lines."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{_variable_name(error['loc'])}: {error['msg']}"
+            + (f" (got {error['input']!r})" if _showable(error) else "")
+            for error in exc.errors()
+        ]
+        raise SettingsError(problems) from None
+
+
+def _showable(error: Any) -> bool:
+    location = "_".join(str(part) for part in error["loc"]).lower()
+    return not isinstance(error.get("input"), dict) and not _is_secret_key(location)
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
+
+
+def redact(value: Any, *, key: str = "") -> Any:
+    """Mask secrets in nested settings data: ``SecretStr`` values and secret-named keys."""
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, Mapping):
+        return {k: redact(v, key=str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, key=key) for v in value]
+    if key and _is_secret_key(key) and value not in (None, ""):
+        return "**********"
+    if isinstance(value, Path):
+        return str(value)
+    return value
