@@ -163,13 +163,16 @@ def plugins_list(
     """
     import anyio
 
-    from enginehost.core.logging import configure_logging
+    from enginehost.core.logging import configure_logging, silence_logging
     from enginehost.core.plugins import PluginHost, hook_names
 
     if hook is not None and hook not in hook_names():
         _fail(f"unknown hook {hook!r}; known hooks: {', '.join(hook_names())}")
     settings = _settings()
-    configure_logging(settings.log_level if verbose else "critical", settings.log_format)
+    if verbose:
+        configure_logging(settings.log_level, settings.log_format)
+    else:  # the table or JSON already shows every error
+        silence_logging()
     plugins = PluginHost(settings, data_dir=settings.data_dir.expanduser().absolute())
     plugins.load()
 

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar, fi
 
 import anyio
 import anyio.abc
-import structlog
 from pydantic import BaseModel, ConfigDict
+
+from enginehost.core.logging import get_logger
 
 if TYPE_CHECKING:
     from enginehost.core.services import HostServices
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 
-_log = structlog.get_logger("enginehost.engine")
+_log = get_logger("enginehost.engine")
 
 
 def utc_now() -> datetime:

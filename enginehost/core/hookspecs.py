@@ -2,8 +2,8 @@
 
 A plugin is a module (or object) named by an entry point in the ``enginehost`` group.
 It implements any of these hooks by defining a function of the same name decorated with
-:data:`hookimpl`. Parameters may be left out from the right-hand side of a hook's
-signature: pluggy passes only those an implementation names.
+:data:`hookimpl`. An implementation may name only the parameters it needs: pluggy
+passes arguments by name.
 
 Any implementation may be ``async def`` (or return an awaitable); the host awaits it.
 The host calls each implementation separately, each with its own error capture, so one

@@ -14,12 +14,16 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-from structlog.typing import Processor
+if TYPE_CHECKING:
+    from structlog.typing import Processor
 
-__all__ = ["bind_session", "configure_logging", "get_logger"]
+__all__ = ["bind_session", "configure_logging", "get_logger", "silence_logging"]
+
+# structlog (with the rich tracebacks it pulls in) is imported on first use, not at import
+# time: one-shot commands such as `plugins list` that log nothing never pay for it.
+_silenced = False
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -33,16 +37,49 @@ _LEVELS = {
 _QUIET_LOGGERS = {"uvicorn.access": logging.WARNING, "sqlalchemy.engine": logging.WARNING}
 
 
+def _discard(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+class _LazyLogger:
+    """A structlog logger created on first use, with the configuration in force then."""
+
+    __slots__ = ("_bound", "_logger", "_name")
+
+    def __init__(self, name: str, bound: dict[str, Any]) -> None:
+        self._name = name
+        self._bound = bound
+        self._logger: Any = None
+
+    def bind(self, **values: Any) -> _LazyLogger:
+        return _LazyLogger(self._name, {**self._bound, **values})
+
+    def __getattr__(self, method: str) -> Any:
+        if _silenced:
+            return _discard
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger(self._name, **self._bound)
+        return getattr(self._logger, method)
+
+
 def get_logger(name: str, **bound: Any) -> Any:
-    """A structlog logger named ``name`` (the ``logger`` key of every line)."""
-    # Binding through get_logger keeps the logger lazy: it picks up the configuration in
-    # force when it first logs, not the one in force when a module was imported.
-    return structlog.get_logger(name, **bound)
+    """A structured logger named ``name`` (the ``logger`` key of every line)."""
+    return _LazyLogger(name, dict(bound))
+
+
+def silence_logging() -> None:
+    """Drop every line logged through :func:`get_logger` (for quiet one-shot commands)."""
+    global _silenced
+    _silenced = True
 
 
 @contextmanager
 def bind_session(session_id: str, engine: str | None = None, **extra: Any) -> Iterator[None]:
     """Carry ``session_id`` (and ``engine``) on every log line emitted inside the block."""
+    import structlog
+
     values: dict[str, Any] = {"session_id": session_id, **extra}
     if engine is not None:
         values["engine"] = engine
@@ -69,6 +106,10 @@ def configure_logging(
     level: str = "info", log_format: str = "auto", stream: TextIO | None = None
 ) -> None:
     """Set up structlog and the stdlib root logger. Safe to call more than once."""
+    import structlog
+
+    global _silenced
+    _silenced = False
     stream = stream if stream is not None else sys.stderr
     numeric_level = _LEVELS[level]
     shared: list[Processor] = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
+from enginehost.core.logging import get_logger
 
 if TYPE_CHECKING:
     from enginehost.core.settings import Settings
@@ -38,4 +38,4 @@ class HostServices:
 
     def logger(self, name: str, **bound: Any) -> Any:
         """A structured logger named ``name`` with ``bound`` key/values on every line."""
-        return structlog.get_logger(name, **bound)
+        return get_logger(name, **bound)

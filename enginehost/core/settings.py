@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -151,10 +151,16 @@ def _variable_name(location: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in location)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings; raise :class:`SettingsError` with readable lines."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+def load_settings(cls: type[SettingsT] = Settings, **overrides: Any) -> SettingsT:  # type: ignore[assignment]
+    """Read and validate the settings; raise :class:`SettingsError` with readable lines.
+
+    A secret's rejected value is never repeated in the message.
+    """
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         problems = [
             f"{_variable_name(error['loc'])}: {error['msg']}"

@@ -11,15 +11,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from enginehost.core.logging import get_logger
+
 __all__ = ["ApiError", "error_body", "install_error_handlers"]
 
-log = structlog.get_logger("enginehost.http")
+log = get_logger("enginehost.http")
 
 # Codes for errors raised by the framework rather than by our routes.
 _DEFAULT_CODES = {
