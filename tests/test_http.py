@@ -1,0 +1,138 @@
+"""The HTTP app: health routes, /api/plugins, and the error model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel, Field
+
+from enginehost.core.http.app import AppState, create_app
+from enginehost.core.http.errors import ApiError
+from tests.conftest import entry_point, make_host, support
+
+pytestmark = pytest.mark.anyio
+
+
+class Body(BaseModel):
+    chatId: str = Field(min_length=3)  # the contract's camelCase
+    count: int
+
+
+@pytest.fixture
+async def state(tmp_path: Path) -> AsyncIterator[AppState]:
+    host = make_host(tmp_path, support("paths"), entry_point("broken", "tests.support.nope"))
+    async with host.running(host.services(), retry=False):
+        yield AppState(plugins=host, version="9.9.9")
+
+
+@pytest.fixture
+async def client(state: AppState) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(state)
+
+    @app.post("/api/_test/validate")
+    async def validate(body: Body) -> dict[str, str]:
+        return {"ok": body.chatId}
+
+    @app.get("/api/_test/conflict")
+    async def conflict() -> None:
+        raise ApiError(409, "session 'x' already exists", code="session_exists")
+
+    @app.get("/api/_test/bug")
+    async def bug() -> None:
+        raise RuntimeError("secret internal detail")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["version"] == "9.9.9"
+    assert body["timestamp"].endswith("+00:00")
+    assert body["plugins"] == {"enabled": 1, "failed": 1}
+    live = await client.get("/api/health/live")
+    assert live.status_code == 200 and live.json()["status"] == "ok"
+
+
+async def test_readiness_follows_the_lifecycle(client: httpx.AsyncClient, state: AppState) -> None:
+    starting = await client.get("/api/health/ready")
+    assert starting.status_code == 503
+    assert starting.json()["status"] == "starting"
+    assert starting.json()["statusCode"] == 503
+    state.ready = True
+    assert (await client.get("/api/health/ready")).status_code == 200
+    state.shutting_down = True
+    stopping = await client.get("/api/health/ready")
+    assert stopping.status_code == 503
+    assert stopping.json()["code"] == "shutting_down"
+    assert stopping.json()["message"] == "enginehost is shutting down"
+
+
+async def test_plugins_route_matches_the_snapshot(
+    client: httpx.AsyncClient, state: AppState
+) -> None:
+    response = await client.get("/api/plugins")
+    assert response.status_code == 200
+    assert response.json() == state.plugins.snapshot()
+    filtered = await client.get("/api/plugins", params={"hook": "register_engines"})
+    assert [p["name"] for p in filtered.json()["plugins"]] == ["paths"]
+    unknown = await client.get("/api/plugins", params={"hook": "nope"})
+    assert unknown.status_code == 400
+    assert unknown.json()["code"] == "unknown_hook"
+    assert "known hooks: host_started" in unknown.json()["message"]
+
+
+async def test_error_model_for_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/nope")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "statusCode": 404,
+        "error": "Not Found",
+        "message": "Cannot GET /api/nope",
+        "code": "not_found",
+    }
+    wrong_method = await client.delete("/api/health")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed"
+
+
+async def test_validation_errors_name_each_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/_test/validate", json={"chatId": "x", "count": "many"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["code"] == "validation_failed"
+    assert {e["path"] for e in body["errors"]} == {"chatId", "count"}
+    assert "chatId:" in body["message"] and "count:" in body["message"]
+    not_json = await client.post(
+        "/api/_test/validate", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    assert not_json.json()["code"] == "validation_failed"
+
+
+async def test_api_error_and_unexpected_errors(client: httpx.AsyncClient) -> None:
+    conflict = await client.get("/api/_test/conflict")
+    assert conflict.status_code == 409
+    assert conflict.json() == {
+        "statusCode": 409,
+        "error": "Conflict",
+        "message": "session 'x' already exists",
+        "code": "session_exists",
+    }
+    bug = await client.get("/api/_test/bug")
+    assert bug.status_code == 500
+    assert bug.json()["message"] == "internal error"
+    assert "secret internal detail" not in bug.text
+
+
+async def test_openapi_is_served_under_api(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/api/openapi.json")).json()
+    assert "/api/health/ready" in spec["paths"]
+    assert "/api/plugins" in spec["paths"]
