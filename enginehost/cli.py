@@ -37,10 +37,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings(**overrides: Any) -> Settings:
-    from enginehost.core.settings import SettingsError, load_settings
+    from enginehost.core.settings import Settings, SettingsError, load_settings
 
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        return load_settings(Settings, **{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
         _fail(str(exc))
 

@@ -108,7 +108,8 @@ class EngineClosedError(EngineError):
 
 
 class EngineNotRunningError(EngineError):
-    """Raised when a send is attempted on an engine that was never started or is closed."""
+    """Raised when a send is attempted on an engine that is not connected: never started,
+    still pairing, or closed. The message says which."""
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -272,6 +273,10 @@ class ReadyEvent:
 class DisconnectedEvent:
     """The connection ended. The engine object is finished; the host decides what follows.
 
+    After emitting it an engine reports nothing more; the host tears the object down with
+    :meth:`Engine.stop` (or :meth:`Engine.logout` for ``logged-out``), which is where its
+    resources are released.
+
     ``engine_code`` is the engine's own code (a Baileys status code, a whatsapp-web.js
     state name), kept for operators; the host acts on ``classification`` only.
     """
@@ -353,6 +358,7 @@ class Engine(ABC):
         self._sink: EventSink | None = None
         self._closed = anyio.Event()
         self._background: anyio.abc.TaskGroup | None = None
+        self._logged_out = False
 
     @property
     def state(self) -> EngineState:
@@ -422,7 +428,11 @@ class Engine(ABC):
                     await self._sink(ErrorEvent(message=f"background task failed: {exc}"))
 
     async def emit(self, event: EngineEvent) -> None:
-        """Report ``event`` to the sink the engine was started with."""
+        """Report ``event`` to the sink the engine was started with.
+
+        Not filtered here: the host checks every event against the session's live engine,
+        so events from a stopped or replaced engine object change nothing.
+        """
         if self._sink is None:
             raise EngineNotRunningError(f"engine for session {self.session.name!r} never started")
         await self._sink(event)
@@ -450,6 +460,9 @@ class Engine(ABC):
         Works on a never-started engine too (wiping saved auth needs no connection) and
         on a stopped one. Closes the engine object.
         """
+        if self._logged_out:
+            return
+        self._logged_out = True
         self._state = EngineState.CLOSED
         try:
             await self._logout()
@@ -465,7 +478,10 @@ class Engine(ABC):
 
     @abstractmethod
     async def _start(self, sink: EventSink) -> None:
-        """Begin connecting. Must not block until ready: report progress through ``sink``."""
+        """Begin connecting. Must not block until ready: report progress through ``sink``.
+
+        If it raises, :meth:`_stop` is not called: undo your own side effects first.
+        """
 
     @abstractmethod
     async def _stop(self) -> None:
@@ -586,8 +602,12 @@ class EnginePlugin(ABC, Generic[ConfigT]):
     def refine_config(self, **changes: Any) -> ConfigT:
         """Propose config changes during :meth:`enable`; they apply when enable succeeds."""
         base = self._pending if self._pending is not None else self.construction_config
-        self._pending = base.model_copy(update=changes)
-        return self._pending
+        # Validated like the blob itself, so a refinement cannot smuggle in a bad value.
+        refined: ConfigT = self.config_model.model_validate(  # type: ignore[assignment]
+            {**base.model_dump(), **changes}
+        )
+        self._pending = refined
+        return refined
 
     async def enable(self, services: HostServices) -> None:
         """Prepare the engine (probe dependencies, create directories).
