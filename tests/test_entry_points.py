@@ -38,6 +38,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.snapshot import ENGINE_FIELDS, ERROR_FIELDS, PLUGIN_FIELDS
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,21 +54,6 @@ VENV_TIMEOUT = 180.0
 INSTALL_TIMEOUT = 300.0
 RUN_TIMEOUT = 90.0
 
-PLUGIN_FIELDS = {
-    "name",
-    "distribution",
-    "version",
-    "entryPoint",
-    "kind",
-    "builtin",
-    "hooks",
-    "status",
-    "error",
-    "hookErrors",
-    "engines",
-}
-ERROR_FIELDS = {"stage", "message", "type", "at"}
-ENGINE_FIELDS = {"name", "class", "status", "error", "capabilities", "retryAttempt"}
 OUR_PLUGINS = {"broken", "echo", "failing", "sandbox"}
 
 # Variables that would make the child interpreter see something other than the temp venv.

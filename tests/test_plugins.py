@@ -17,6 +17,7 @@ from enginehost.core.plugins import (
 )
 from tests.conftest import entry_point, make_host, support
 from tests.support import plugins as test_plugins
+from tests.support.snapshot import ENGINE_FIELDS, PLUGIN_FIELDS
 
 pytestmark = pytest.mark.anyio
 
@@ -234,29 +235,10 @@ async def test_snapshot_shape_is_stable(tmp_path: Path) -> None:
         snapshot = host.snapshot()
     assert snapshot["version"] == 1
     plugin = next(p for p in snapshot["plugins"] if p["name"] == "paths")
-    assert set(plugin) == {
-        "name",
-        "distribution",
-        "version",
-        "entryPoint",
-        "kind",
-        "builtin",
-        "hooks",
-        "status",
-        "error",
-        "hookErrors",
-        "engines",
-    }
+    assert set(plugin) == PLUGIN_FIELDS
     assert plugin["entryPoint"] == "tests.support.plugins:paths"
     assert plugin["distribution"] is None and plugin["builtin"] is False
-    assert set(plugin["engines"][0]) == {
-        "name",
-        "class",
-        "status",
-        "error",
-        "capabilities",
-        "retryAttempt",
-    }
+    assert set(plugin["engines"][0]) == ENGINE_FIELDS
     assert plugin["engines"][0]["capabilities"] == ["send_text"]
     assert [p["name"] for p in host.snapshot(hook="message_sending")["plugins"]] == ["recorder"]
 
