@@ -78,14 +78,14 @@ def _root(
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Bind address [env: ENGINEHOST_HOST; default 127.0.0.1].")
+        str | None, typer.Option(help="Bind address (env ENGINEHOST_HOST, default 127.0.0.1).")
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="Port, 0 for any free one [env: ENGINEHOST_PORT; default 2785]."),
+        typer.Option(help="Port, 0 for any free one (env ENGINEHOST_PORT, default 2785)."),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory [env: ENGINEHOST_DATA_DIR; default ./data].")
+        Path | None, typer.Option(help="Data directory (env ENGINEHOST_DATA_DIR, default ./data).")
     ] = None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT (Ctrl-C), then shut down gracefully.

@@ -21,6 +21,9 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert help_text.returncode == 0
     for command in ("serve", "plugins", "config"):
         assert command in help_text.stdout
+    serve_help = run_cli("serve", "--help", env={**env, "COLUMNS": "200"})
+    for variable in ("ENGINEHOST_HOST", "ENGINEHOST_PORT", "ENGINEHOST_DATA_DIR"):
+        assert variable in serve_help.stdout
     plugins_help = run_cli("plugins", "list", "--help", env=env)
     assert "--json" in plugins_help.stdout and "--hook" in plugins_help.stdout
 

@@ -213,3 +213,22 @@ def test_hookimpl_is_exported_for_plugin_authors() -> None:
 
     assert enginehost.hookimpl is hookspecs.hookimpl
     assert SessionInfo(id="a", name="b").config == {}
+
+
+@pytest.mark.anyio
+async def test_a_hanging_async_hook_is_bounded_and_marked_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hang(services: object) -> None:
+        await anyio.sleep(60)
+
+    host = make_host(tmp_path, support("recorder"))
+    [impl] = host.pm.hook.host_started.get_hookimpls()
+    monkeypatch.setattr(impl, "function", hang)
+    with anyio.fail_after(5):
+        [outcome] = await host.call_hook("host_started", services=None, impl_timeout=0.1)
+    assert isinstance(outcome.error, TimeoutError)
+    error = host.records["recorder"].error
+    assert error is not None
+    assert error.stage == "hook:host_started"
+    assert "took longer than 0.1 s" in error.message

@@ -132,7 +132,10 @@ async def serve(
             log.info("http.listening", host=host, port=port, url=f"http://{host}:{port}/api")
             if on_listening is not None:
                 on_listening(host, port)
-            await plugins.call_hook("host_started", services=services)
+            # Bounded: an extension that hangs here must not keep the host from ready.
+            await plugins.call_hook(
+                "host_started", services=services, impl_timeout=settings.plugin_enable_timeout
+            )
             state.ready = True
             log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
 

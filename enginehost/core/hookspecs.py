@@ -49,7 +49,8 @@ def host_started(services: HostServices) -> None:
     """The host is up: plugins loaded and enabled, HTTP server listening.
 
     Use it to start an extension's own work. ``services`` is the same object engine
-    plugins get in ``enable``. A raising implementation marks its plugin ``failed``.
+    plugins get in ``enable``. A raising implementation, or an async one that runs past
+    ``ENGINEHOST_PLUGIN_ENABLE_TIMEOUT``, marks its plugin ``failed``.
     """
 
 

@@ -536,13 +536,16 @@ class PluginHost:
         name: str,
         *,
         stop_when: Callable[[HookOutcome], bool] | None = None,
+        impl_timeout: float | None = None,
         **kwargs: Any,
     ) -> list[HookOutcome]:
         """Call every implementation of hook ``name``, each with its own error capture.
 
-        Implementations run in pluggy's order; awaitable results are awaited. A raising
-        implementation is logged and marks its plugin ``failed`` (stage ``hook:<name>``);
-        the others still run. ``stop_when`` ends the fan-out early (a veto).
+                Implementations run in pluggy's order; awaitable results are awaited, each for at
+                most ``impl_timeout`` seconds when given (an overrun counts as a failure; a deadline
+        around the whole call would let one slow plugin starve the others). A raising
+                implementation is logged and marks its plugin ``failed`` (stage ``hook:<name>``);
+                the others still run. ``stop_when`` ends the fan-out early (a veto).
         """
         caller = getattr(self.pm.hook, name)
         outcomes: list[HookOutcome] = []
@@ -551,18 +554,26 @@ class PluginHost:
             try:
                 result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
                 if inspect.isawaitable(result):
-                    result = await result
+                    with anyio.fail_after(impl_timeout):
+                        result = await result
                 outcome = HookOutcome(plugin=plugin_name, result=result)
+            except TimeoutError:
+                exc = TimeoutError(f"{name} took longer than {impl_timeout} s")
+                outcome = HookOutcome(plugin=plugin_name, error=exc)
+                self._record_hook_failure(plugin_name, name, exc)
             except Exception as exc:
                 outcome = HookOutcome(plugin=plugin_name, error=exc)
-                record = self.records.get(plugin_name)
-                if record is not None:
-                    record.hook_errors += 1
-                    self._fail(record, f"hook:{name}", exc)
+                self._record_hook_failure(plugin_name, name, exc)
             outcomes.append(outcome)
             if stop_when is not None and stop_when(outcome):
                 break
         return outcomes
+
+    def _record_hook_failure(self, plugin_name: str, hook: str, exc: BaseException) -> None:
+        record = self.records.get(plugin_name)
+        if record is not None:
+            record.hook_errors += 1
+            self._fail(record, f"hook:{hook}", exc)
 
     async def check_send(
         self,
