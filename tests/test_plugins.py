@@ -62,9 +62,10 @@ async def test_register_stage_failures(tmp_path: Path, plugin: str, message: str
     assert host.records["paths"].engines[0].instance is not None
 
 
-async def test_unknown_hook_plugin_is_not_called(tmp_path: Path) -> None:
-    host = make_host(tmp_path, support("unknown_hook"))
-    assert not host.pm.is_registered(test_plugins.unknown_hook)
+@pytest.mark.parametrize("plugin", ["unknown_hook", "register_raises"])
+async def test_plugin_failing_registration_gets_no_hook_calls(tmp_path: Path, plugin: str) -> None:
+    host = make_host(tmp_path, support(plugin))
+    assert not host.pm.is_registered(getattr(test_plugins, plugin))
 
 
 async def test_duplicate_engine_name_fails_second_plugin_only(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Boot order: data directory → plugins loaded and enabled → HTTP server listen
 ``host_started`` hook → ready. SIGTERM or SIGINT starts a graceful shutdown bounded by
 ``ENGINEHOST_SHUTDOWN_TIMEOUT``: readiness turns 503 at once, the HTTP server stops
 taking requests, ``host_stopping`` runs, engine plugins are disabled. A second signal
-during shutdown stops waiting. The host owns the signals; uvicorn's own handlers are
+during shutdown stops waiting for open HTTP requests. The host owns the signals; uvicorn's own handlers are
 switched off so there is exactly one place that decides how the process ends.
 """
 
@@ -113,46 +113,68 @@ async def serve(
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
             )
         )
-        async with anyio.create_task_group() as tg, plugins.running(services):
-            server_done = anyio.Event()
+        started = False
+        try:
+            async with anyio.create_task_group() as tg, plugins.running(services):
+                server_done = anyio.Event()
+                tg.start_soon(_run_server, server, sock, server_done)
+                started = await _wait_until_started(server, server_done)
+                if not started:
+                    tg.cancel_scope.cancel()
+                else:
+                    log.info(
+                        "http.listening", host=host, port=port, url=f"http://{host}:{port}/api"
+                    )
+                    if on_listening is not None:
+                        on_listening(host, port)
+                    # Bounded: an extension that hangs here must not keep the host from ready.
+                    await plugins.call_hook(
+                        "host_started",
+                        services=services,
+                        impl_timeout=settings.plugin_enable_timeout,
+                    )
+                    state.ready = True
+                    log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
 
-            async def run_server() -> None:
-                try:
-                    await server.serve(sockets=[sock])
-                finally:
-                    server_done.set()
-
-            tg.start_soon(run_server)
-            with anyio.fail_after(_SERVER_START_TIMEOUT):
-                # uvicorn exposes only a flag for "started", no event to wait on.
-                while not server.started and not server_done.is_set():  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            if not server.started:
-                raise DaemonError("the HTTP server stopped while starting; see the log above")
-            log.info("http.listening", host=host, port=port, url=f"http://{host}:{port}/api")
-            if on_listening is not None:
-                on_listening(host, port)
-            # Bounded: an extension that hangs here must not keep the host from ready.
-            await plugins.call_hook(
-                "host_started", services=services, impl_timeout=settings.plugin_enable_timeout
+                    async for signum in signals:
+                        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                        break
+                    state.ready = False
+                    state.shutting_down = True
+                    tg.start_soon(_force_on_second_signal, signals, server, tg.cancel_scope)
+                    server.should_exit = True
+                    with anyio.move_on_after(settings.shutdown_timeout) as scope:
+                        await server_done.wait()
+                    if scope.cancelled_caught:
+                        log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
+                        server.force_exit = True
+                    tg.cancel_scope.cancel()
+        finally:
+            sock.close()
+        if not started:
+            raise DaemonError(
+                f"the HTTP server did not start within {_SERVER_START_TIMEOUT:.0f} s; "
+                "see the log above"
             )
-            state.ready = True
-            log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
-
-            async for signum in signals:
-                log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                break
-            state.ready = False
-            state.shutting_down = True
-            tg.start_soon(_force_on_second_signal, signals, server, tg.cancel_scope)
-            server.should_exit = True
-            with anyio.move_on_after(settings.shutdown_timeout) as scope:
-                await server_done.wait()
-            if scope.cancelled_caught:
-                log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
-                server.force_exit = True
-            tg.cancel_scope.cancel()
     log.info("daemon.stopped")
+
+
+async def _run_server(server: uvicorn.Server, sock: socket.socket, done: anyio.Event) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # uvicorn exits the process on some startup failures
+        log.error("http.server_exited", code=exc.code)
+    finally:
+        done.set()
+
+
+async def _wait_until_started(server: uvicorn.Server, done: anyio.Event) -> bool:
+    """Whether the server started (False: it stopped first, or took too long)."""
+    with anyio.move_on_after(_SERVER_START_TIMEOUT):
+        # uvicorn exposes only a flag for "started", no event to wait on.
+        while not server.started and not done.is_set():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    return bool(server.started) and not done.is_set()
 
 
 async def _force_on_second_signal(

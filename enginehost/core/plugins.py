@@ -357,6 +357,8 @@ class PluginHost:
                 if inspect.isawaitable(result):
                     raise TypeError("register_engines must be a plain function, not async")
             except Exception as exc:
+                # Half-registered is worse than absent: none of its hooks will be called.
+                self.pm.unregister(obj)
                 self._fail(record, "register", exc)
                 return
         for cls in registered:
