@@ -4,8 +4,9 @@ Boot order: data directory → plugins loaded and enabled → HTTP server listen
 ``host_started`` hook → ready. SIGTERM or SIGINT starts a graceful shutdown bounded by
 ``ENGINEHOST_SHUTDOWN_TIMEOUT``: readiness turns 503 at once, the HTTP server stops
 taking requests, ``host_stopping`` runs, engine plugins are disabled. A second signal
-during shutdown stops waiting for open HTTP requests. The host owns the signals; uvicorn's own handlers are
-switched off so there is exactly one place that decides how the process ends.
+during shutdown stops waiting for open HTTP requests. The host owns the signals;
+uvicorn's own handlers are switched off so there is exactly one place that decides how
+the process ends.
 """
 
 from __future__ import annotations
