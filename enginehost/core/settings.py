@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -29,7 +30,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings", "redact"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "mask_url_password",
+    "redact",
+]
 
 ENV_PREFIX = "ENGINEHOST_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
@@ -78,6 +86,39 @@ class Settings(BaseSettings):
     engines: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-engine config blobs, by engine name (ENGINEHOST_ENGINES__<NAME>__<KEY>).",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="The data database (sessions, messages, templates, webhooks): "
+        "postgresql://user:password@host:5432/name or sqlite:///path "
+        "(unset: SQLite at <data dir>/enginehost.sqlite).",
+    )
+    main_database_url: SecretStr | None = Field(
+        None,
+        description="The main database (API keys, audit log); may be PostgreSQL for "
+        "multi-node deployments (unset: SQLite at <data dir>/main.sqlite).",
+    )
+    db_auto_migrate: bool = Field(
+        True, description="Migrate both databases at boot; false: refuse to start when behind."
+    )
+    db_pool_size: int = Field(5, ge=1, le=100, description="PostgreSQL connections kept open.")
+    db_max_overflow: int = Field(
+        10, ge=0, le=100, description="PostgreSQL connections opened beyond the pool at peaks."
+    )
+    db_pool_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds to wait for a free database connection."
+    )
+    db_connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds to wait for a PostgreSQL server to answer."
+    )
+    sqlite_busy_timeout: float = Field(
+        5.0, ge=0, le=600, description="Seconds SQLite waits for a lock before failing."
+    )
+    template_render_max_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest rendered template (UTF-8 bytes); larger is an error, never cut.",
     )
     shutdown_timeout: float = Field(
         10.0, gt=0, le=300, description="Seconds a graceful shutdown may take before forcing."
@@ -180,8 +221,23 @@ def _is_secret_key(key: str) -> bool:
     return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
 
 
+def mask_url_password(url: str) -> str:
+    """``scheme://user:***@host/db`` for a URL with a password; other URLs unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    credentials = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc[1]}"))
+
+
 def redact(value: Any, *, key: str = "") -> Any:
-    """Mask secrets in nested settings data: ``SecretStr`` values and secret-named keys."""
+    """Mask secrets in nested settings data: ``SecretStr`` values and secret-named keys.
+
+    Database URLs keep everything but their password, which operators need to see.
+    """
+    if isinstance(value, SecretStr) and key.endswith("database_url"):
+        return mask_url_password(value.get_secret_value())
     if isinstance(value, SecretStr):
         return "**********" if value.get_secret_value() else ""
     if isinstance(value, Mapping):

@@ -1,0 +1,1 @@
+"""The audit log: storage here; writing and querying arrive with the API platform."""

@@ -1,0 +1,1 @@
+"""Message templates: one name per session, ``{{ var }}`` rendering with a size cap."""
