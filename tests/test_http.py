@@ -136,3 +136,37 @@ async def test_openapi_is_served_under_api(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/api/openapi.json")).json()
     assert "/api/health/ready" in spec["paths"]
     assert "/api/plugins" in spec["paths"]
+
+
+async def test_readiness_is_503_while_a_database_is_unreachable(
+    state: AppState, tmp_path: Path
+) -> None:
+    from enginehost.core.db import Database, DatabaseRole, Databases
+    from enginehost.core.db.urls import resolve_targets
+    from enginehost.core.settings import load_settings
+
+    settings = load_settings(
+        database_url="postgresql://app:hunter2@127.0.0.1:1/enginehost", db_connect_timeout=1
+    )
+    targets = resolve_targets(settings, tmp_path)
+    state.databases = Databases(
+        main=Database(targets[DatabaseRole.MAIN], settings),
+        data=Database(targets[DatabaseRole.DATA], settings),
+    )
+    state.ready = True
+    app = create_app(state)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/api/health/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["code"] == "database_unavailable"
+    assert body["message"] == "the data database is unreachable"
+    assert "127.0.0.1" not in response.text  # a public route never shows where the database is
+
+    state.databases = Databases(
+        main=Database(targets[DatabaseRole.MAIN], settings),
+        data=Database(targets[DatabaseRole.MAIN], settings),  # a reachable SQLite file
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.get("/api/health/ready")).status_code == 200

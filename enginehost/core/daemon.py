@@ -1,12 +1,14 @@
 """``enginehost serve``: the daemon, as one anyio task group.
 
-Boot order: data directory → plugins loaded and enabled → HTTP server listening →
-``host_started`` hook → ready. SIGTERM or SIGINT starts a graceful shutdown bounded by
-``ENGINEHOST_SHUTDOWN_TIMEOUT``: readiness turns 503 at once, the HTTP server stops
-taking requests, ``host_stopping`` runs, engine plugins are disabled. A second signal
-during shutdown stops waiting for open HTTP requests. The host owns the signals;
-uvicorn's own handlers are switched off so there is exactly one place that decides how
-the process ends.
+Boot order: data directory → both databases opened and migrated (or refused when
+behind, with ``ENGINEHOST_DB_AUTO_MIGRATE=false``) → plugins loaded and enabled → HTTP
+server listening → ``host_started`` hook → ready.
+
+SIGTERM or SIGINT starts a graceful shutdown bounded by ``ENGINEHOST_SHUTDOWN_TIMEOUT``:
+readiness turns 503 at once, the HTTP server stops taking requests, ``host_stopping``
+runs, engine plugins are disabled, database connections close. A second signal during
+shutdown stops waiting for open HTTP requests. The host owns the signals; uvicorn's own
+handlers are switched off so there is exactly one place that decides how the process ends.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import uvicorn
 
+from enginehost.core.db import Databases, open_databases, prepare_schemas
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
 from enginehost.core.plugins import PluginHost
 from enginehost.core.settings import Settings
+from enginehost.core.templates.service import TemplateService
 
 __all__ = ["DaemonError", "serve"]
 
@@ -94,70 +99,102 @@ async def serve(
     ``on_listening`` is called with the bound address once requests are served;
     ``entry_points`` replaces plugin discovery (for embedding and tests).
     """
-    from enginehost import __version__
-
     data_dir = prepare_data_dir(settings.data_dir)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        plugins = PluginHost(settings, data_dir=data_dir, entry_points=entry_points)
-        plugins.load()
-        services = plugins.services()
-        state = AppState(plugins=plugins, version=__version__)
-        sock = bind_socket(settings.host, settings.port)
-        host, port = sock.getsockname()[:2]
-        server = _HostOwnedSignalsServer(
-            uvicorn.Config(
-                create_app(state),
-                log_config=None,
-                lifespan="off",
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
-            )
-        )
-        started = False
+        # Connecting and migrating block on disk and network: keep them off the loop.
+        databases = await anyio.to_thread.run_sync(_open_and_prepare, settings, data_dir)
         try:
-            async with anyio.create_task_group() as tg, plugins.running(services):
-                server_done = anyio.Event()
-                tg.start_soon(_run_server, server, sock, server_done)
-                started = await _wait_until_started(server, server_done)
-                if not started:
-                    tg.cancel_scope.cancel()
-                else:
-                    log.info(
-                        "http.listening", host=host, port=port, url=f"http://{host}:{port}/api"
-                    )
-                    if on_listening is not None:
-                        on_listening(host, port)
-                    # Bounded: an extension that hangs here must not keep the host from ready.
-                    await plugins.call_hook(
-                        "host_started",
-                        services=services,
-                        impl_timeout=settings.plugin_enable_timeout,
-                    )
-                    state.ready = True
-                    log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
-
-                    async for signum in signals:
-                        log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                        break
-                    state.ready = False
-                    state.shutting_down = True
-                    tg.start_soon(_force_on_second_signal, signals, server, tg.cancel_scope)
-                    server.should_exit = True
-                    with anyio.move_on_after(settings.shutdown_timeout) as scope:
-                        await server_done.wait()
-                    if scope.cancelled_caught:
-                        log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
-                        server.force_exit = True
-                    tg.cancel_scope.cancel()
+            await _serve_with(settings, data_dir, databases, signals, on_listening, entry_points)
         finally:
-            sock.close()
-        if not started:
-            raise DaemonError(
-                f"the HTTP server did not start within {_SERVER_START_TIMEOUT:.0f} s; "
-                "see the log above"
-            )
+            databases.dispose()
     log.info("daemon.stopped")
+
+
+def _open_and_prepare(settings: Settings, data_dir: Path) -> Databases:
+    databases = open_databases(settings, data_dir)
+    try:
+        prepare_schemas(databases, auto_migrate=settings.db_auto_migrate)
+    except BaseException:
+        databases.dispose()
+        raise
+    for database in databases:
+        log.info("db.ready", database=database.role.value, url=database.target.describe())
+    return databases
+
+
+async def _serve_with(
+    settings: Settings,
+    data_dir: Path,
+    databases: Databases,
+    signals: AsyncIterator[int],
+    on_listening: Callable[[str, int], None] | None,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None,
+) -> None:
+    from enginehost import __version__
+
+    plugins = PluginHost(settings, data_dir=data_dir, entry_points=entry_points)
+    plugins.load()
+    services = plugins.services()
+    state = AppState(
+        plugins=plugins,
+        version=__version__,
+        databases=databases,
+        templates=TemplateService(
+            databases.data, render_max_bytes=settings.template_render_max_bytes
+        ),
+    )
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    server = _HostOwnedSignalsServer(
+        uvicorn.Config(
+            create_app(state),
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
+        )
+    )
+    started = False
+    try:
+        async with anyio.create_task_group() as tg, plugins.running(services):
+            server_done = anyio.Event()
+            tg.start_soon(_run_server, server, sock, server_done)
+            started = await _wait_until_started(server, server_done)
+            if not started:
+                tg.cancel_scope.cancel()
+            else:
+                log.info("http.listening", host=host, port=port, url=f"http://{host}:{port}/api")
+                if on_listening is not None:
+                    on_listening(host, port)
+                # Bounded: an extension that hangs here must not keep the host from ready.
+                await plugins.call_hook(
+                    "host_started",
+                    services=services,
+                    impl_timeout=settings.plugin_enable_timeout,
+                )
+                state.ready = True
+                log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
+
+                async for signum in signals:
+                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                    break
+                state.ready = False
+                state.shutting_down = True
+                tg.start_soon(_force_on_second_signal, signals, server, tg.cancel_scope)
+                server.should_exit = True
+                with anyio.move_on_after(settings.shutdown_timeout) as scope:
+                    await server_done.wait()
+                if scope.cancelled_caught:
+                    log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
+                    server.force_exit = True
+                tg.cancel_scope.cancel()
+    finally:
+        sock.close()
+    if not started:
+        raise DaemonError(
+            f"the HTTP server did not start within {_SERVER_START_TIMEOUT:.0f} s; see the log above"
+        )
 
 
 async def _run_server(server: uvicorn.Server, sock: socket.socket, done: anyio.Event) -> None:

@@ -12,11 +12,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
 from enginehost.core.http.errors import install_error_handlers
 from enginehost.core.http.health import router as health_router
 from enginehost.core.http.plugins import router as plugins_router
 from enginehost.core.plugins import PluginHost
+from enginehost.core.templates.service import TemplateService
 
 __all__ = ["AppState", "create_app"]
 
@@ -27,6 +29,8 @@ class AppState:
 
     plugins: PluginHost
     version: str
+    databases: Databases | None = None
+    templates: TemplateService | None = None
     started_at: datetime = field(default_factory=utc_now)
     ready: bool = False
     """True once the host finished booting; False again as soon as shutdown begins."""

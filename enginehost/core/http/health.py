@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlmodel import Session
 
+from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
 from enginehost.core.http.errors import error_body
+from enginehost.core.logging import get_logger
 from enginehost.core.plugins import status_counts
 
 router = APIRouter(tags=["health"])
+log = get_logger("enginehost.health")
+
+# A readiness probe must answer quickly even when a database hangs.
+_PING_TIMEOUT = 2.0
 
 
 def _state(request: Request) -> Any:
@@ -39,13 +48,37 @@ async def live() -> dict[str, Any]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: booted and not shutting down (503 otherwise)",
+    summary="Readiness: booted, databases answering, not shutting down (503 otherwise)",
     responses={503: {"description": "Starting or shutting down"}},
 )
 async def ready(request: Request) -> Any:
     state = _state(request)
     if state.ready and not state.shutting_down:
-        return {"status": "ready", "timestamp": utc_now().isoformat()}
+        unreachable = await _unreachable_databases(state.databases)
+        if not unreachable:
+            return {"status": "ready", "timestamp": utc_now().isoformat()}
+        # Public route: name the database's role, never its address.
+        message = f"the {' and '.join(unreachable)} database is unreachable"
+        body = error_body(503, message, code="database_unavailable", status="degraded")
+        return JSONResponse(body, status_code=503)
     status = "shutting_down" if state.shutting_down else "starting"
     body = error_body(503, f"enginehost is {status.replace('_', ' ')}", code=status, status=status)
     return JSONResponse(body, status_code=503)
+
+
+async def _unreachable_databases(databases: Databases | None) -> list[str]:
+    if databases is None:
+        return []
+    unreachable = []
+    for database in databases:
+        try:
+            with anyio.fail_after(_PING_TIMEOUT):
+                await database.run(_ping)
+        except Exception as exc:  # any failure to answer means not ready
+            log.warning("health.database_unreachable", database=database.role.value, error=str(exc))
+            unreachable.append(database.role.value)
+    return unreachable
+
+
+def _ping(session: Session) -> None:
+    session.execute(text("SELECT 1"))
