@@ -173,3 +173,31 @@ def test_full_data_dir_names_the_path(tmp_path: Path, size: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"the file system holding {data} is full" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_revision_writes_a_migration_file_and_autogenerate_needs_head(tmp_path: Path) -> None:
+    import enginehost.migrations
+
+    versions = Path(enginehost.migrations.__file__).parent / "data" / "versions"
+    env = cli_env(tmp_path)
+    refused = run_cli("db", "revision", "--db", "data", "-m", "probe", "--autogenerate", env=env)
+    assert refused.returncode == 1
+    assert "autogenerate compares the models with a database at head" in refused.stderr
+
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    before = set(versions.glob("*.py"))
+    made = run_cli("db", "revision", "--db", "data", "-m", "probe", "--autogenerate", env=env)
+    created = set(versions.glob("*.py")) - before
+    try:
+        assert made.returncode == 0, made.stderr
+        [path] = created
+        assert str(path) in made.stdout
+        text = path.read_text()
+        assert "down_revision: str | None = 'data_0002'" in text
+        # The models and the migrations agree, so there is nothing to generate.
+        upgrade_body = text.split("def upgrade() -> None:")[1].split("def downgrade")[0]
+        assert "op." not in upgrade_body
+        assert "pass" in upgrade_body
+    finally:
+        for path in created:
+            path.unlink()
