@@ -103,6 +103,7 @@ def serve(
     """
     import anyio
 
+    from enginehost.core.auth.service import ApiKeyError
     from enginehost.core.daemon import DaemonError
     from enginehost.core.daemon import serve as run_daemon
     from enginehost.core.db import DatabaseConfigError, DatabaseError
@@ -112,7 +113,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     try:
         anyio.run(run_daemon, settings)
-    except DatabaseConfigError as exc:
+    except (DatabaseConfigError, ApiKeyError) as exc:
         _fail(str(exc))
     except (DaemonError, DatabaseError) as exc:
         _fail(str(exc), code=1)

@@ -35,8 +35,16 @@ def test_serves_health_and_stops_cleanly_on_signal(
     health = httpx.get(f"{daemon.url}/api/health", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert httpx.get(f"{daemon.url}/api/health/ready", timeout=5).status_code == 200
-    plugins = httpx.get(f"{daemon.url}/api/plugins", timeout=5).json()
+    assert httpx.get(f"{daemon.url}/api/plugins", timeout=5).status_code == 401
+    # First boot seeded an admin key into a file only its owner can read.
+    key_file = data_dir / "admin-api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    admin = {"X-API-Key": key_file.read_text().strip()}
+    plugins = httpx.get(f"{daemon.url}/api/plugins", headers=admin, timeout=5).json()
     assert any(p["name"] == "sandbox" for p in plugins["plugins"])
+    # The secret never reaches the log, only its prefix.
+    assert admin["X-API-Key"] not in "".join(daemon.raw)
+    assert admin["X-API-Key"][:12] in "".join(daemon.raw)
 
     code, seconds = daemon.stop(signum)
     assert code == 0

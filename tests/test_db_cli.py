@@ -18,6 +18,20 @@ from tests.support.daemon import Daemon, cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 
+def _head(role: str) -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", f"enginehost.migrations:{role}")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+DATA_HEAD = _head("data")
+
+
 def test_upgrade_all_on_an_empty_data_dir_then_check_exits_0(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "fresh")
     before = run_cli("db", "check", env=env)
@@ -45,7 +59,8 @@ def test_current_history_downgrade_and_check_one_database(tmp_path: Path) -> Non
         ("data", "up-to-date"),
     ]
     history = run_cli("db", "history", "data", env=env).stdout
-    assert "* data_0002 (head)" in history and "* data_0001" in history
+    assert f"* {DATA_HEAD} (head)" in history
+    assert "* data_0001" in history
 
     down = run_cli("db", "downgrade", "data", "--revision", "data_0001", env=env)
     assert down.returncode == 0, down.stderr
@@ -53,8 +68,8 @@ def test_current_history_downgrade_and_check_one_database(tmp_path: Path) -> Non
     assert run_cli("db", "check", "main", env=env).returncode == 0
     behind = run_cli("db", "check", "data", env=env)
     assert behind.returncode == 1
-    assert "behind head data_0002" in behind.stdout
-    assert run_cli("db", "upgrade", "data", "-r", "data_0002", env=env).returncode == 0
+    assert f"behind head {DATA_HEAD}" in behind.stdout
+    assert run_cli("db", "upgrade", "data", "-r", DATA_HEAD, env=env).returncode == 0
     assert run_cli("db", "check", env=env).returncode == 0
 
 
@@ -193,7 +208,7 @@ def test_revision_writes_a_migration_file_and_autogenerate_needs_head(tmp_path: 
         [path] = created
         assert str(path) in made.stdout
         text = path.read_text()
-        assert "down_revision: str | None = 'data_0002'" in text
+        assert f"down_revision: str | None = '{DATA_HEAD}'" in text
         # The models and the migrations agree, so there is nothing to generate.
         upgrade_body = text.split("def upgrade() -> None:")[1].split("def downgrade")[0]
         assert "op." not in upgrade_body

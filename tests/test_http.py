@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.http.errors import ApiError
 from tests.conftest import entry_point, make_host, support
+from tests.support.api import ADMIN_SECRET, api_harness
 
 pytestmark = pytest.mark.anyio
 
@@ -24,8 +25,11 @@ class Body(BaseModel):
 @pytest.fixture
 async def state(tmp_path: Path) -> AsyncIterator[AppState]:
     host = make_host(tmp_path, support("paths"), entry_point("broken", "tests.support.nope"))
-    async with host.running(host.services(), retry=False):
-        yield AppState(plugins=host, version="9.9.9")
+    async with api_harness(tmp_path) as api, host.running(host.services(), retry=False):
+        api.state.plugins = host
+        api.state.version = "9.9.9"
+        api.state.ready = False
+        yield api.state
 
 
 @pytest.fixture
@@ -45,7 +49,10 @@ async def client(state: AppState) -> AsyncIterator[httpx.AsyncClient]:
         raise RuntimeError("secret internal detail")
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    headers = {"X-API-Key": ADMIN_SECRET}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers=headers
+    ) as http:
         yield http
 
 

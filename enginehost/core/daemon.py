@@ -25,10 +25,14 @@ import anyio
 import anyio.to_thread
 import uvicorn
 
+from enginehost.core.audit.service import AuditLog
+from enginehost.core.auth.keys import load_or_create_pepper
+from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases, open_databases, prepare_schemas
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
 from enginehost.core.plugins import PluginHost
+from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
 
@@ -135,14 +139,7 @@ async def _serve_with(
     plugins = PluginHost(settings, data_dir=data_dir, entry_points=entry_points)
     plugins.load()
     services = plugins.services()
-    state = AppState(
-        plugins=plugins,
-        version=__version__,
-        databases=databases,
-        templates=TemplateService(
-            databases.data, render_max_bytes=settings.template_render_max_bytes
-        ),
-    )
+    state = await build_state(settings, data_dir, databases, plugins)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     server = _HostOwnedSignalsServer(
@@ -195,6 +192,30 @@ async def _serve_with(
         raise DaemonError(
             f"the HTTP server did not start within {_SERVER_START_TIMEOUT:.0f} s; see the log above"
         )
+
+
+async def build_state(
+    settings: Settings, data_dir: Path, databases: Databases, plugins: PluginHost
+) -> AppState:
+    """The host's services for the HTTP app, with the first admin key made if needed."""
+    from enginehost import __version__
+
+    secret = settings.api_key_pepper.get_secret_value() if settings.api_key_pepper else None
+    keys = ApiKeyService(databases.main, load_or_create_pepper(secret, data_dir))
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    await keys.ensure_admin_key(data_dir, admin)
+    return AppState(
+        plugins=plugins,
+        version=__version__,
+        keys=keys,
+        sessions=SessionStore(databases.data),
+        settings=settings,
+        audit=AuditLog(databases.main, retention_days=settings.audit_retention_days),
+        databases=databases,
+        templates=TemplateService(
+            databases.data, render_max_bytes=settings.template_render_max_bytes
+        ),
+    )
 
 
 async def _run_server(server: uvicorn.Server, sock: socket.socket, done: anyio.Event) -> None:

@@ -114,6 +114,25 @@ class Settings(BaseSettings):
     sqlite_busy_timeout: float = Field(
         5.0, ge=0, le=600, description="Seconds SQLite waits for a lock before failing."
     )
+    api_key_pepper: SecretStr | None = Field(
+        None,
+        description="Server-side secret keyed into every API key hash (unset: generated "
+        "once into <data dir>/api-key-pepper). Set the same value on every node.",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="An admin API key to accept (created at boot if missing; at least "
+        "32 characters). Unset: the first boot generates one.",
+    )
+    audit_retention_days: int = Field(
+        90, ge=1, le=3650, description="Days audit entries are kept (pruned at boot and daily)."
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body accepted; larger is answered 413.",
+    )
     template_render_max_bytes: int = Field(
         65536,
         ge=1024,

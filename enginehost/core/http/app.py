@@ -12,12 +12,17 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from enginehost.core.audit.service import AuditLog
+from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
+from enginehost.core.http import audit, health, keys, plugins, settings, templates
 from enginehost.core.http.errors import install_error_handlers
-from enginehost.core.http.health import router as health_router
-from enginehost.core.http.plugins import router as plugins_router
+from enginehost.core.http.middleware import install_middleware
+from enginehost.core.http.openapi import install_openapi
 from enginehost.core.plugins import PluginHost
+from enginehost.core.sessions.store import SessionStore
+from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
 
 __all__ = ["AppState", "create_app"]
@@ -29,6 +34,10 @@ class AppState:
 
     plugins: PluginHost
     version: str
+    keys: ApiKeyService
+    sessions: SessionStore
+    settings: Settings
+    audit: AuditLog
     databases: Databases | None = None
     templates: TemplateService | None = None
     started_at: datetime = field(default_factory=utc_now)
@@ -49,8 +58,11 @@ def create_app(state: AppState) -> FastAPI:
     )
     app.state.host = state
     install_error_handlers(app)
-    app.include_router(health_router, prefix="/api")
-    app.include_router(plugins_router, prefix="/api")
+    install_middleware(app)
+    audit.install_audit(app)
+    for module in (health, plugins, keys, settings, audit, templates):
+        app.include_router(module.router, prefix="/api")
+    install_openapi(app)
     return app
 
 

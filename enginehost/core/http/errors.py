@@ -50,12 +50,14 @@ class ApiError(Exception):
         *,
         code: str | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.code = code or _DEFAULT_CODES.get(status_code, "error")
         self.extra = extra or {}
+        self.headers = headers
 
 
 def error_body(
@@ -88,6 +90,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body(exc.status_code, exc.message, code=exc.code, **exc.extra),
         status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 

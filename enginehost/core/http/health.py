@@ -12,11 +12,12 @@ from sqlmodel import Session
 
 from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
+from enginehost.core.http.auth import public
 from enginehost.core.http.errors import error_body
 from enginehost.core.logging import get_logger
 from enginehost.core.plugins import status_counts
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[public()])
 log = get_logger("enginehost.health")
 
 # A readiness probe must answer quickly even when a database hangs.

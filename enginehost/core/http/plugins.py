@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from enginehost.core.auth.roles import Role
+from enginehost.core.http.auth import Scope, requires
 from enginehost.core.http.errors import ApiError
 from enginehost.core.plugins import hook_names
 
-router = APIRouter(tags=["plugins"])
+router = APIRouter(tags=["plugins"], dependencies=[requires(Role.VIEWER, Scope.ANY)])
 
 
 @router.get("/plugins", summary="Installed plugins, their engines and statuses")

@@ -1,0 +1,165 @@
+"""Who may call which route: every route declares exactly one access rule.
+
+Routes declare their rule with a dependency: ``dependencies=[public()]`` or a parameter
+``access: Access = requires(Role.OPERATOR, Scope.SESSION)``. A test walks every route of
+the app and fails for one without a rule, so a route added later cannot be open by
+accident.
+
+Keys come in ``X-API-Key`` or ``Authorization: Bearer <key>``, never in the query
+string. The checks, in order: no or unknown key → 401; role too low → 403; a key
+limited to sessions on a route for all sessions → 403; a session that does not exist,
+or that the key may not see → 404 (the same answer, so names do not leak).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from enginehost.core.auth.roles import Role
+from enginehost.core.auth.service import ApiKeyService, AuthenticationError, Principal
+from enginehost.core.http.errors import ApiError
+from enginehost.core.sessions.models import SessionRecord
+from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
+
+__all__ = ["Access", "Rule", "Scope", "public", "requires", "route_rule"]
+
+
+class Scope(enum.StrEnum):
+    SESSION = "session"
+    """The route acts on one session, named by its ``{sessionId}`` path segment."""
+    ANY = "any"
+    """A route across sessions that session-limited keys may use (answers are filtered)."""
+    GLOBAL = "global"
+    """A route across sessions that session-limited keys may not use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A route's access rule; ``role`` None means public."""
+
+    role: Role | None
+    scope: Scope | None = None
+
+    def describe(self) -> str:
+        if self.role is None:
+            return "Public: no API key needed."
+        scope = {
+            Scope.SESSION: "; a session-limited key only for its own sessions (others: 404)",
+            Scope.ANY: "; a session-limited key sees only its own sessions",
+            Scope.GLOBAL: "; not with a session-limited key",
+        }[self.scope or Scope.GLOBAL]
+        return f"Requires an API key with role `{self.role.value}` or higher{scope}."
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What an authorized route gets: the caller, and the session for session routes."""
+
+    principal: Principal
+    session: SessionRecord | None = None
+
+    def require_session(self) -> SessionRecord:
+        assert self.session is not None, "only session-scoped routes have a session"
+        return self.session
+
+
+# Declared for OpenAPI (the security schemes); the dependency below reads the headers
+# itself so it can tell "no key" from "bad key" and record both.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+_bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(
+        401, message, code="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="api"'}
+    )
+
+
+async def _authenticate(
+    request: Request,
+    api_key: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+) -> Principal:
+    secret = api_key or (bearer.credentials if bearer is not None else None)
+    if not secret:
+        request.state.auth_failure = "no API key"
+        raise _unauthorized("an API key is required (X-API-Key or Authorization: Bearer)")
+    keys: ApiKeyService = request.app.state.host.keys
+    try:
+        principal = await keys.authenticate(secret)
+    except AuthenticationError as exc:
+        request.state.auth_failure = exc.reason
+        request.state.auth_prefix = exc.prefix
+        raise _unauthorized(f"invalid API key: {exc.reason}") from None
+    request.state.principal = principal
+    return principal
+
+
+def requires(role: Role, scope: Scope) -> Any:
+    """The dependency of a route that needs a key with ``role`` (see the module doc)."""
+    rule = Rule(role=role, scope=scope)
+
+    async def dependency(
+        request: Request,
+        api_key: Annotated[str | None, Depends(_api_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Access:
+        principal = await _authenticate(request, api_key, bearer)
+        if not principal.role.allows(role):
+            raise ApiError(
+                403,
+                f"this route needs role {role.value}; the key has role {principal.role.value}",
+                code="forbidden_role",
+            )
+        if scope is Scope.GLOBAL and principal.scoped:
+            raise ApiError(
+                403,
+                "a key limited to sessions cannot use this route",
+                code="forbidden_scope",
+            )
+        if scope is not Scope.SESSION:
+            return Access(principal=principal)
+        key = request.path_params.get("sessionId", "")
+        store: SessionStore = request.app.state.host.sessions
+        try:
+            record = await store.resolve(key)
+        except SessionNotFoundError:
+            raise ApiError(404, f"session {key!r} not found", code="session_not_found") from None
+        if not principal.may_see(record.name):
+            raise ApiError(404, f"session {key!r} not found", code="session_not_found")
+        request.state.audit_session = record.name
+        return Access(principal=principal, session=record)
+
+    dependency.rule = rule  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def public() -> Any:
+    """The dependency of a route anyone may call (health checks)."""
+
+    async def dependency() -> None:
+        return None
+
+    dependency.rule = Rule(role=None)  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def route_rule(route: Any) -> Rule | None:
+    """The rule a route declared (None when it declared none: a bug the tests catch)."""
+    rules: list[Rule] = []
+    dependant = getattr(route, "dependant", None)
+    pending = list(dependant.dependencies) if dependant is not None else []
+    while pending:
+        dependant = pending.pop()
+        rule = getattr(dependant.call, "rule", None)
+        if isinstance(rule, Rule):
+            rules.append(rule)
+        pending.extend(dependant.dependencies)
+    if len(rules) > 1:
+        raise RuntimeError(f"route {getattr(route, 'path', route)} declares several rules")
+    return rules[0] if rules else None

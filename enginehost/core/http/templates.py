@@ -1,0 +1,7 @@
+"""Template routes: ``/api/sessions/{sessionId}/templates``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["templates"])

@@ -1,0 +1,109 @@
+"""Reading and writing session rows (no lifecycle: that belongs to the session manager).
+
+A session is addressed by its id or, as an enginehost extension of the contract, by its
+name; :meth:`SessionStore.resolve` accepts either.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, or_, select
+
+from enginehost.core.db.database import Database
+from enginehost.core.sessions.models import NAME_MAX, SessionRecord
+
+__all__ = [
+    "SessionExistsError",
+    "SessionNameError",
+    "SessionNotFoundError",
+    "SessionStore",
+]
+
+# Names appear in URLs and logs: letters, digits and . _ - only.
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+
+
+class SessionNotFoundError(LookupError):
+    """No session has that id or name (or the caller may not see it)."""
+
+    status_code = 404
+    code = "session_not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"session {key!r} not found")
+
+
+class SessionExistsError(ValueError):
+    status_code = 409
+    code = "session_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a session named {name!r} already exists")
+
+
+class SessionNameError(ValueError):
+    status_code = 422
+    code = "validation_failed"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"invalid session name {name!r}: 1-{NAME_MAX} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+class SessionStore:
+    """Session rows in the data database."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def create(
+        self, name: str, *, engine: str, config: dict[str, Any] | None = None
+    ) -> SessionRecord:
+        """A new session row; the unique index on ``name`` decides a duplicate."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SessionNameError(name)
+        record = SessionRecord(name=name, engine=engine, config=dict(config or {}))
+
+        def work(session: Session) -> SessionRecord:
+            session.add(record)
+            try:
+                session.flush()
+            except IntegrityError:
+                raise SessionExistsError(name) from None
+            return record
+
+        return await self._database.run(work)
+
+    async def resolve(self, key: str) -> SessionRecord:
+        """The session whose id or name is ``key``."""
+
+        def work(session: Session) -> SessionRecord | None:
+            statement = select(SessionRecord).where(
+                or_(col(SessionRecord.id) == key, col(SessionRecord.name) == key)
+            )
+            # An id match wins over a name that happens to equal another session's id.
+            rows = session.exec(statement).all()
+            return next((r for r in rows if r.id == key), rows[0] if rows else None)
+
+        record = await self._database.run(work, readonly=True)
+        if record is None:
+            raise SessionNotFoundError(key)
+        return record
+
+    async def list(self, names: frozenset[str] | None = None) -> list[SessionRecord]:
+        """Every session (or only those named in ``names``), oldest first."""
+
+        def work(session: Session) -> list[SessionRecord]:
+            statement = select(SessionRecord).order_by(
+                col(SessionRecord.created_at), col(SessionRecord.id)
+            )
+            if names is not None:
+                statement = statement.where(col(SessionRecord.name).in_(sorted(names)))
+            return list(session.exec(statement).all())
+
+        return await self._database.run(work, readonly=True)
