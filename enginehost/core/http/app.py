@@ -55,6 +55,7 @@ def create_app(state: AppState) -> FastAPI:
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.host = state
     install_error_handlers(app)

@@ -17,7 +17,8 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from enginehost.core.auth.roles import Role
@@ -26,7 +27,7 @@ from enginehost.core.http.errors import ApiError
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
 
-__all__ = ["Access", "Rule", "Scope", "public", "requires", "route_rule"]
+__all__ = ["Access", "Rule", "Scope", "api_routes", "public", "requires", "route_rule"]
 
 
 class Scope(enum.StrEnum):
@@ -149,8 +150,19 @@ def public() -> Any:
     return Depends(dependency)
 
 
+def api_routes(app: FastAPI) -> list[RouteContext]:
+    """Every API route of ``app``, with the dependencies of the routers it was included
+    through (``app.routes`` alone holds included routers, not their routes)."""
+    return [
+        context
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+    ]
+
+
 def route_rule(route: Any) -> Rule | None:
-    """The rule a route declared (None when it declared none: a bug the tests catch)."""
+    """The rule a route (an :func:`api_routes` entry) declared; None when it declared none
+    (a bug the tests catch)."""
     rules: list[Rule] = []
     dependant = getattr(route, "dependant", None)
     pending = list(dependant.dependencies) if dependant is not None else []
