@@ -83,3 +83,21 @@ async def test_session_context_rides_on_every_line_including_stdlib_and_child_ta
         assert lines[event]["engine"] == "sandbox", event
     assert "session_id" not in lines["outside"]
     assert lines["stdlib line"]["logger"] == "uvicorn.error"
+
+
+@pytest.mark.parametrize(
+    ("log_format", "stream_class"), [("json", io.StringIO), ("console", FakeTerminal)]
+)
+def test_tracebacks_never_show_local_variables(log_format: str, stream_class: type) -> None:
+    stream = stream_class()
+    configure_logging("info", log_format, stream)
+    # A local of the failing frame, built at run time so the source shown in a
+    # traceback cannot contain it: only a rendering of locals could.
+    api_key = "-".join(["ehk", "this", "secret", "must", "not", "leak"])
+    try:
+        raise RuntimeError(f"failed with a key of length {len(api_key)}")
+    except RuntimeError as exc:
+        get_logger("enginehost.test").error("thing.failed", exc_info=exc)
+    text = stream.getvalue()
+    assert "failed with a key of length" in text
+    assert "this-secret-must-not-leak" not in text

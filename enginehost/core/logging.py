@@ -87,6 +87,12 @@ def bind_session(session_id: str, engine: str | None = None, **extra: Any) -> It
         yield
 
 
+def _has_rich() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
+
+
 def _drop_color_message(_: Any, __: str, event_dict: Any) -> Any:
     # uvicorn passes an ANSI-coloured copy of its message as an extra; the renderer colours.
     event_dict.pop("color_message", None)
@@ -123,9 +129,20 @@ def configure_logging(
     renderer: Processor
     if _wants_json(log_format, stream):
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks without local variables: a frame's locals can hold a request's
+        # headers (an API key) or a database URL, and secrets never go into logs.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(),
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+            if _has_rich()
+            else structlog.dev.plain_traceback,
+        )
 
     structlog.configure(
         processors=[
