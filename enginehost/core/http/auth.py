@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -25,7 +25,7 @@ from enginehost.core.auth.roles import Role
 from enginehost.core.auth.service import ApiKeyService, AuthenticationError, Principal
 from enginehost.core.http.errors import ApiError
 from enginehost.core.sessions.models import SessionRecord
-from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
+from enginehost.core.sessions.store import SessionNotFoundError, SessionStore, shown
 
 __all__ = ["Access", "Rule", "Scope", "api_routes", "public", "requires", "route_rule"]
 
@@ -110,34 +110,56 @@ def requires(role: Role, scope: Scope) -> Any:
         api_key: Annotated[str | None, Depends(_api_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Access:
-        principal = await _authenticate(request, api_key, bearer)
-        if not principal.role.allows(role):
-            raise ApiError(
-                403,
-                f"this route needs role {role.value}; the key has role {principal.role.value}",
-                code="forbidden_role",
-            )
-        if scope is Scope.GLOBAL and principal.scoped:
-            raise ApiError(
-                403,
-                "a key limited to sessions cannot use this route",
-                code="forbidden_scope",
-            )
-        if scope is not Scope.SESSION:
-            return Access(principal=principal)
-        key = request.path_params.get("sessionId", "")
-        store: SessionStore = request.app.state.host.sessions
-        try:
-            record = await store.resolve(key)
-        except SessionNotFoundError:
-            raise ApiError(404, f"session {key!r} not found", code="session_not_found") from None
-        if not principal.may_see(record.name):
-            raise ApiError(404, f"session {key!r} not found", code="session_not_found")
-        request.state.audit_session = record.name
-        return Access(principal=principal, session=record)
+        return await _authorize(request, api_key, bearer, role, scope)
 
-    dependency.rule = rule  # type: ignore[attr-defined]
-    return Depends(dependency)
+    async def session_dependency(
+        request: Request,
+        api_key: Annotated[str | None, Depends(_api_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        session_id: Annotated[str, Path(alias="sessionId", description=_SESSION_ID_DOC)],
+    ) -> Access:
+        return await _authorize(request, api_key, bearer, role, scope, session_id)
+
+    # Session routes declare {sessionId} here, once, for every route (and OpenAPI).
+    chosen: Any = session_dependency if scope is Scope.SESSION else dependency
+    chosen.rule = rule
+    return Depends(chosen)
+
+
+_SESSION_ID_DOC = "The session's id, or (an enginehost extension) its name."
+
+
+async def _authorize(
+    request: Request,
+    api_key: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    role: Role,
+    scope: Scope,
+    session_key: str | None = None,
+) -> Access:
+    principal = await _authenticate(request, api_key, bearer)
+    if not principal.role.allows(role):
+        raise ApiError(
+            403,
+            f"this route needs role {role.value}; the key has role {principal.role.value}",
+            code="forbidden_role",
+        )
+    if scope is Scope.GLOBAL and principal.scoped:
+        raise ApiError(
+            403, "a key limited to sessions cannot use this route", code="forbidden_scope"
+        )
+    if session_key is None:
+        return Access(principal=principal)
+    store: SessionStore = request.app.state.host.sessions
+    not_found = ApiError(404, f"session {shown(session_key)} not found", code="session_not_found")
+    try:
+        record = await store.resolve(session_key)
+    except SessionNotFoundError:
+        raise not_found from None
+    if not principal.may_see(record.name):
+        raise not_found  # the same answer as a missing session: names do not leak
+    request.state.audit_session = record.name
+    return Access(principal=principal, session=record)
 
 
 def public() -> Any:

@@ -20,10 +20,20 @@ __all__ = [
     "SessionNameError",
     "SessionNotFoundError",
     "SessionStore",
+    "shown",
 ]
 
 # Names appear in URLs and logs: letters, digits and . _ - only.
 _NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+
+
+def _could_name_a_session(key: str) -> bool:
+    return 0 < len(key) <= NAME_MAX and "\x00" not in key
+
+
+def shown(key: str, limit: int = 64) -> str:
+    """``key`` quoted for a message, shortened when long (messages echo user input)."""
+    return repr(key if len(key) <= limit else key[:limit] + "…")
 
 
 class SessionNotFoundError(LookupError):
@@ -33,7 +43,7 @@ class SessionNotFoundError(LookupError):
     code = "session_not_found"
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"session {key!r} not found")
+        super().__init__(f"session {shown(key)} not found")
 
 
 class SessionExistsError(ValueError):
@@ -81,6 +91,10 @@ class SessionStore:
 
     async def resolve(self, key: str) -> SessionRecord:
         """The session whose id or name is ``key``."""
+        if not _could_name_a_session(key):
+            # Longer than any id or name, or holding NUL (which PostgreSQL refuses in
+            # text): no such session, and no need to ask the database.
+            raise SessionNotFoundError(key)
 
         def work(session: Session) -> SessionRecord | None:
             statement = select(SessionRecord).where(
