@@ -155,6 +155,9 @@ async def _serve_with(
     started = False
     try:
         async with anyio.create_task_group() as tg, plugins.running(services):
+            # The audit writer prunes at start and daily; cancelled last, it writes what
+            # is still buffered before the databases close.
+            tg.start_soon(state.audit.run)
             server_done = anyio.Event()
             tg.start_soon(_run_server, server, sock, server_done)
             started = await _wait_until_started(server, server_done)

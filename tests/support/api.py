@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import FastAPI
 
@@ -73,9 +74,23 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
     state = await build_state(config, data_dir, databases, plugins)
     state.ready = True
     harness = ApiHarness(app=create_app(state), state=state, settings=config, databases=databases)
+    # The audit writer runs as in the daemon. An error of the body is re-raised as itself
+    # after the task group, not wrapped in an ExceptionGroup by it.
+    failure: BaseException | None = None
     try:
-        yield harness
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(state.audit.run)
+            try:
+                yield harness
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:
+                failure = exc
+            finally:
+                for client in harness.clients:
+                    await client.aclose()
+                tg.cancel_scope.cancel()  # the writer writes what is left, then stops
+        if failure is not None:
+            raise failure
     finally:
-        for client in harness.clients:
-            await client.aclose()
         databases.dispose()
