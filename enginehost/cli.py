@@ -380,6 +380,320 @@ def db_revision(
         typer.echo(make_revision(databases[0], message, autogenerate=autogenerate))
 
 
+# ---------------------------------------------------------------------------- keys
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from enginehost.core.auth.models import ApiKey
+    from enginehost.core.auth.service import ApiKeyError, ApiKeyService
+
+keys_app = typer.Typer(
+    help=(
+        "Create, list and revoke API keys, offline, in the main database "
+        "(no running daemon needed; a running one sees the change within seconds)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+class KeyRole(enum.StrEnum):
+    """The roles of enginehost.core.auth.roles.Role (kept here so --help stays instant)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_expires(value: str) -> datetime:
+    """``--expires``: an ISO 8601 time with a timezone, or a duration like 30d, 12h, 90m."""
+    import re
+    from datetime import datetime, timedelta
+
+    from enginehost.core.engine import utc_now
+
+    text = value.strip()
+    match = re.fullmatch(r"(\d+)\s*([smhdw])", text.lower())
+    if match is not None:
+        amount = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if amount <= 0:
+            _fail(f"--expires {value!r}: a duration must be more than zero")
+        try:
+            return utc_now() + timedelta(seconds=amount)
+        except OverflowError:
+            _fail(f"--expires {value!r}: too far in the future")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(
+            f"--expires {value!r}: give an ISO 8601 time with a timezone "
+            "(2030-01-31T12:00:00Z) or a duration (90m, 12h, 30d, 2w)"
+        )
+    if when.tzinfo is None:
+        _fail(f"--expires {value!r}: include a timezone (Z or +02:00, say)")
+    return when
+
+
+@contextmanager
+def _key_service() -> Iterator[ApiKeyService]:
+    """The API key service over the main database (migrated to head first if allowed)."""
+    from enginehost.core.auth.keys import load_or_create_pepper
+    from enginehost.core.auth.service import ApiKeyService
+    from enginehost.core.db import DatabaseConfigError, DatabaseError, DatabaseRole, open_databases
+    from enginehost.core.db.migrations import ensure_schema
+    from enginehost.core.logging import silence_logging
+
+    silence_logging()  # this command's output is its answer; errors come as messages
+    settings = _settings()
+    data_dir = settings.data_dir.expanduser().absolute()
+    try:
+        databases = open_databases(settings, data_dir, (DatabaseRole.MAIN,))
+    except DatabaseConfigError as exc:
+        _fail(str(exc))
+    except DatabaseError as exc:
+        _fail(str(exc), code=1)
+    try:
+        ensure_schema(databases.main, auto_migrate=settings.db_auto_migrate)
+        configured = settings.api_key_pepper
+        pepper = load_or_create_pepper(
+            configured.get_secret_value() if configured else None, data_dir
+        )
+        yield ApiKeyService(databases.main, pepper)
+    except DatabaseError as exc:
+        _fail(str(exc), code=1)
+    except OSError as exc:
+        _fail(f"cannot use the data directory {data_dir}: {exc}", code=1)
+    finally:
+        databases.dispose()
+
+
+def _key_error(exc: ApiKeyError) -> NoReturn:
+    """Validation problems are usage errors (exit 2); refusals (409, 404) exit 1."""
+    _fail(exc.message, code=2 if exc.status_code == 422 else 1)
+
+
+def _key_status(key: ApiKey, now: datetime) -> str:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _key_json(key: ApiKey, now: datetime) -> dict[str, Any]:
+    """A key as ``GET /api/auth/api-keys`` shows it, plus ``status``."""
+
+    from datetime import UTC
+
+    def iso(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    status = _key_status(key, now)
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "role": key.role,
+        "sessions": list(key.sessions) if key.sessions is not None else None,
+        "expiresAt": iso(key.expires_at),
+        "createdAt": iso(key.created_at),
+        "lastUsedAt": iso(key.last_used_at),
+        "revokedAt": iso(key.revoked_at),
+        "active": status == "active",
+        "status": status,
+    }
+
+
+def _short_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
+
+
+_KEY_COLUMNS = ("ID", "NAME", "PREFIX", "ROLE", "SESSIONS", "EXPIRES", "LAST USED", "STATUS")
+
+
+def _render_rows(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        KeyRole,
+        typer.Option(
+            "--role",
+            "-r",
+            help="viewer reads; operator also acts on sessions; admin also manages keys.",
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="What the key is for (default: 'cli <role> key')."),
+    ] = None,
+    sessions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--session",
+            "-s",
+            help="Limit the key to this session name; repeat for more (not with --role admin).",
+        ),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            "--expires",
+            "-e",
+            help="When the key stops working: an ISO 8601 time with a timezone "
+            "(2030-01-31T12:00:00Z) or a duration from now (90m, 12h, 30d, 2w).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object: the key's fields plus `key`."),
+    ] = False,
+) -> None:
+    """Create an API key and print its secret: the only time it is shown.
+
+    Without --json, stdout is the secret alone on one line and the id and prefix go to
+    stderr, so a script can capture it: KEY=$(enginehost keys create --role viewer).
+    With --json, stdout is one object: the key's fields (as the API shows them) plus `key`.
+    """
+    import anyio
+
+    from enginehost.core.auth.service import ApiKeyError
+    from enginehost.core.engine import utc_now
+
+    expires_at = _parse_expires(expires) if expires is not None else None
+    key_name = name if name is not None else f"cli {role.value} key"
+
+    with _key_service() as service:
+
+        async def create() -> tuple[ApiKey, str, bool]:
+            key, secret = await service.create(
+                name=key_name, role=role.value, sessions=sessions or None, expires_at=expires_at
+            )
+            now = utc_now()
+            keys = await service.list()
+            admins = [k for k in keys if k.role == "admin" and _key_status(k, now) == "active"]
+            return key, secret, bool(admins)
+
+        try:
+            key, secret, has_admin = anyio.run(create)
+        except ApiKeyError as exc:
+            _key_error(exc)
+    if as_json:
+        typer.echo(json.dumps({**_key_json(key, key.created_at), "key": secret}, indent=2))
+    else:
+        typer.echo(secret)
+        typer.echo(
+            f"created {key.role} key {key.id} (prefix {key.prefix}); "
+            "the secret above is shown only this once",
+            err=True,
+        )
+    if not has_admin:
+        typer.echo(
+            "enginehost: note: there is no active admin key; "
+            "create one with `enginehost keys create --role admin`",
+            err=True,
+        )
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list (the API's key objects).")
+    ] = False,
+) -> None:
+    """List every key: id, name, prefix, role, sessions, expiry, last use, status.
+
+    Secrets are never shown (only a keyed hash of each is stored).
+    """
+    import anyio
+
+    from enginehost.core.engine import utc_now
+
+    with _key_service() as service:
+        keys = anyio.run(service.list)
+    now = utc_now()
+    if as_json:
+        typer.echo(json.dumps([_key_json(key, now) for key in keys], indent=2))
+        return
+    if not keys:
+        typer.echo("no API keys")
+        return
+    rows: list[tuple[str, ...]] = [
+        (
+            key.id,
+            key.name,
+            key.prefix,
+            key.role,
+            ", ".join(key.sessions) if key.sessions is not None else "*",
+            _short_time(key.expires_at) if key.expires_at is not None else "never",
+            _short_time(key.last_used_at) if key.last_used_at is not None else "never",
+            _key_status(key, now),
+        )
+        for key in keys
+    ]
+    typer.echo(_render_rows(_KEY_COLUMNS, rows))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID_OR_PREFIX",
+            help="The key's id, or the start of its id or prefix (as `keys list` shows them).",
+        ),
+    ],
+) -> None:
+    """Revoke a key: it stops working (a running daemon notices within seconds).
+
+    Revoking a revoked key changes nothing. The last active admin key cannot be revoked
+    (exit 1): create another admin key first. An unknown or ambiguous ID_OR_PREFIX
+    exits 2, listing the keys it matches.
+    """
+    import anyio
+
+    from enginehost.core.auth.service import ApiKeyError
+    from enginehost.core.engine import utc_now
+
+    wanted = key.strip()
+    if not wanted:
+        _fail("name a key: its id or prefix (see `enginehost keys list`)")
+    with _key_service() as service:
+        keys = anyio.run(service.list)
+        exact = [k for k in keys if wanted in (k.id, k.prefix)]
+        matches = exact or [
+            k for k in keys if k.id.startswith(wanted) or k.prefix.startswith(wanted)
+        ]
+        if not matches:
+            _fail(f"no API key has the id or prefix {wanted!r} (see `enginehost keys list`)")
+        if len(matches) > 1:
+            now = utc_now()
+            listed = "\n".join(
+                f"  {k.id}  {k.prefix}  {k.role}  {_key_status(k, now)}  {k.name}" for k in matches
+            )
+            _fail(f"{wanted!r} matches {len(matches)} keys; give more of it:\n{listed}")
+        target = matches[0]
+        already = target.revoked_at is not None
+        try:
+            revoked = anyio.run(service.revoke, target.id)
+        except ApiKeyError as exc:
+            _key_error(exc)
+    state = "was already revoked" if already else "revoked"
+    typer.echo(f"{revoked.role} key {revoked.id} ({revoked.prefix}, {revoked.name!r}) {state}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -119,3 +119,38 @@ def test_the_pepper_file_is_made_once_private_and_stable(tmp_path: Path) -> None
     assert load_or_create_pepper(None, tmp_path) == first
     assert (tmp_path / "api-key-pepper").stat().st_mode & 0o777 == 0o600
     assert load_or_create_pepper("from-the-environment", tmp_path) == b"from-the-environment"
+
+
+async def test_concurrent_removals_of_the_only_two_admins_leave_one(main_db: Any) -> None:
+    import anyio
+
+    keys = ApiKeyService(main_db, b"p")
+    one, _ = await keys.create(name="one", role="admin")
+    two, _ = await keys.create(name="two", role="admin")
+    outcomes: list[int] = []
+
+    async def remove(key_id: str, how: Any) -> None:
+        try:
+            await how(key_id)
+            outcomes.append(200)
+        except ApiKeyError as exc:  # a deadlock would surface as a busy error instead
+            outcomes.append(exc.status_code)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(remove, one.id, keys.revoke)
+        tg.start_soon(remove, two.id, keys.delete)
+    assert sorted(outcomes) == [200, 409]
+    active = [k for k in await keys.list() if k.role == "admin" and k.revoked_at is None]
+    assert len(active) == 1
+
+
+async def test_an_admin_key_is_seeded_when_no_admin_can_get_in(
+    main_db: Any, tmp_path: Path
+) -> None:
+    keys = ApiKeyService(main_db, b"p")
+    await keys.create(name="made offline", role="viewer")
+    await keys.ensure_admin_key(tmp_path, None, console=io.StringIO())
+    roles = sorted(k.role for k in await keys.list())
+    assert roles == ["admin", "viewer"]
+    secret = (tmp_path / ADMIN_KEY_FILE).read_text().strip()
+    assert (await keys.authenticate(secret)).role.value == "admin"

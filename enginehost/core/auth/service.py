@@ -198,7 +198,7 @@ class ApiKeyService:
         """Revoke a key (idempotent); the last active admin key cannot be revoked (409)."""
 
         def work(session: Session) -> ApiKey:
-            key = _locked(session, key_id)
+            key = _lock_for_removal(session, key_id)
             if key.revoked_at is None:
                 _refuse_if_last_admin(session, key, "revoked")
                 key.revoked_at = utc_now()
@@ -232,7 +232,7 @@ class ApiKeyService:
         """Delete a key; the last active admin key cannot be deleted (409)."""
 
         def work(session: Session) -> None:
-            key = _locked(session, key_id)
+            key = _lock_for_removal(session, key_id)
             _refuse_if_last_admin(session, key, "deleted")
             session.delete(key)
 
@@ -270,7 +270,10 @@ class ApiKeyService:
         if match.expires_at is not None and match.expires_at <= utc_now():
             raise AuthenticationError("API key expired", prefix)
         principal = _principal(match)
-        self._cache[presented] = (principal, time.monotonic() + CACHE_SECONDS)
+        remember = CACHE_SECONDS
+        if match.expires_at is not None:  # never remember a key past its expiry
+            remember = min(remember, (match.expires_at - utc_now()).total_seconds())
+        self._cache[presented] = (principal, time.monotonic() + remember)
         await self._touch(match.id)
         return principal
 
@@ -314,15 +317,18 @@ class ApiKeyService:
             await self._ensure_configured_admin(configured)
             return
         keys = await self.list()
-        if keys:
+        now = utc_now()
+        if any(k.role == Role.ADMIN.value and _active(k, now) for k in keys):
             initial = next((k for k in keys if k.name == INITIAL_ADMIN_NAME), None)
-            if initial is not None and _active(initial, utc_now()):
+            if initial is not None and _active(initial, now):
                 log.info(
                     "auth.initial_admin_key",
                     prefix=initial.prefix,
                     file=str(data_dir / ADMIN_KEY_FILE),
                 )
             return
+        # No admin can get in (a fresh host, only other roles made offline, or every
+        # admin key expired or revoked): make one.
         key, secret = await self.create(name=INITIAL_ADMIN_NAME, role=Role.ADMIN.value)
         path = data_dir / ADMIN_KEY_FILE
         write_private_file(path, secret + "\n")
@@ -369,13 +375,34 @@ def _locked(session: Session, key_id: str) -> ApiKey:
     return key
 
 
+def _lock_for_removal(session: Session, key_id: str) -> ApiKey:
+    """The key, locked; for an admin key, every admin key locked, in id order.
+
+    Two removals of different admin keys must not each see the other remain, and must
+    not deadlock: both lock the same rows in the same order (roles never change).
+    """
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ApiKeyError(404, "api_key_not_found", f"API key {key_id!r} not found")
+    if key.role != Role.ADMIN.value:
+        return _locked(session, key_id)
+    session.exec(
+        select(ApiKey)
+        .where(col(ApiKey.role) == Role.ADMIN.value)
+        .order_by(col(ApiKey.id))
+        .with_for_update()
+    ).all()
+    session.refresh(key)
+    return key
+
+
 def _refuse_if_last_admin(session: Session, key: ApiKey, verb: str) -> None:
+    """Raise 409 if ``key`` is the last active admin (admins already locked)."""
     now = utc_now()
     if key.role != Role.ADMIN.value or not _active(key, now):
         return
-    # Lock every admin key so two concurrent removals cannot each see the other remain.
     admins: Iterable[ApiKey] = session.exec(
-        select(ApiKey).where(col(ApiKey.role) == Role.ADMIN.value).with_for_update()
+        select(ApiKey).where(col(ApiKey.role) == Role.ADMIN.value)
     ).all()
     others = [a for a in admins if a.id != key.id and _active(a, now)]
     if not others:
