@@ -32,8 +32,10 @@ from pydantic_settings import (
 
 __all__ = [
     "ENV_PREFIX",
+    "MASK",
     "Settings",
     "SettingsError",
+    "is_secret_key",
     "load_settings",
     "mask_url_password",
     "redact",
@@ -44,6 +46,8 @@ CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG"
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "json", "console"]
+
+MASK = "**********"
 
 # Keys whose values are masked wherever settings or plugin config blobs are shown.
 _SECRET_KEY_MARKERS = ("secret", "password", "passwd", "token", "key", "pepper", "credential")
@@ -232,10 +236,11 @@ def load_settings(cls: type[SettingsT] = Settings, **overrides: Any) -> Settings
 
 def _showable(error: Any) -> bool:
     location = "_".join(str(part) for part in error["loc"]).lower()
-    return not isinstance(error.get("input"), dict) and not _is_secret_key(location)
+    return not isinstance(error.get("input"), dict) and not is_secret_key(location)
 
 
-def _is_secret_key(key: str) -> bool:
+def is_secret_key(key: str) -> bool:
+    """Whether a setting or config key names a secret (its value is masked when shown)."""
     lowered = key.lower()
     return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
 
@@ -250,21 +255,29 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc[1]}"))
 
 
-def redact(value: Any, *, key: str = "") -> Any:
-    """Mask secrets in nested settings data: ``SecretStr`` values and secret-named keys.
+def redact(value: Any, *, key: str = "", secret: bool = False) -> Any:
+    """Mask secrets in nested settings data, for showing settings anywhere.
 
-    Database URLs keep everything but their password, which operators need to see.
+    Masked: ``SecretStr`` values; everything under a secret-named key, however deeply
+    nested; and the password of any URL-looking string. Database URLs keep everything
+    but their password, which operators need to see.
     """
-    if isinstance(value, SecretStr) and key.endswith("database_url"):
-        return mask_url_password(value.get_secret_value())
     if isinstance(value, SecretStr):
-        return "**********" if value.get_secret_value() else ""
+        if key.endswith("database_url"):
+            return mask_url_password(value.get_secret_value())
+        return MASK if value.get_secret_value() else ""
+    secret = secret or (bool(key) and is_secret_key(key))
     if isinstance(value, Mapping):
-        return {k: redact(v, key=str(k)) for k, v in value.items()}
+        return {k: redact(v, key=str(k), secret=secret) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact(v, key=key) for v in value]
-    if key and _is_secret_key(key) and value not in (None, ""):
-        return "**********"
+        return [redact(v, key=key, secret=secret) for v in value]
+    if secret and value not in (None, ""):
+        return MASK
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str) and "://" in value:
+        try:
+            return mask_url_password(value)
+        except ValueError:  # not a well-formed URL: show nothing of what might be one
+            return MASK
     return value
