@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -24,6 +25,11 @@ log = get_logger("enginehost.health")
 _PING_TIMEOUT = 2.0
 
 
+def _iso(moment: datetime) -> str:
+    """UTC with a ``Z``, as JavaScript's toISOString and the API's models write it."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _state(request: Request) -> Any:
     return request.app.state.host
 
@@ -35,7 +41,7 @@ async def health(request: Request) -> dict[str, Any]:
     now = utc_now()
     return {
         "status": "ok",
-        "timestamp": now.isoformat(),
+        "timestamp": _iso(now),
         "version": state.version,
         "uptimeSeconds": round((now - state.started_at).total_seconds(), 3),
         "plugins": status_counts(state.plugins.snapshot()),
@@ -44,7 +50,7 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/health/live", summary="Liveness: the process answers")
 async def live() -> dict[str, Any]:
-    return {"status": "ok", "timestamp": utc_now().isoformat()}
+    return {"status": "ok", "timestamp": _iso(utc_now())}
 
 
 @router.get(
@@ -57,7 +63,7 @@ async def ready(request: Request) -> Any:
     if state.ready and not state.shutting_down:
         unreachable = await _unreachable_databases(state.databases)
         if not unreachable:
-            return {"status": "ready", "timestamp": utc_now().isoformat()}
+            return {"status": "ready", "timestamp": _iso(utc_now())}
         # Public route: name the database's role, never its address.
         message = f"the {' and '.join(unreachable)} database is unreachable"
         body = error_body(503, message, code="database_unavailable", status="degraded")
