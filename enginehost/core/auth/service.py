@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sqlmodel import Session, col, select
 
@@ -29,6 +29,7 @@ from enginehost.core.auth.models import ApiKey
 from enginehost.core.auth.roles import Role
 from enginehost.core.db.database import Database
 from enginehost.core.engine import utc_now
+from enginehost.core.errors import ServiceError
 from enginehost.core.logging import get_logger
 
 __all__ = [
@@ -53,14 +54,21 @@ LAST_USED_INTERVAL = 60.0
 CACHE_SECONDS = 2.0
 
 
-class ApiKeyError(Exception):
+class ApiKeyError(ServiceError):
     """A key operation the caller asked for cannot be done; ``status_code`` says why."""
 
     def __init__(self, status_code: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
+        super().__init__(message, code, status_code=status_code)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        if self.status_code != 422:
+            return {}
+        # Validation messages read "field: problem"; answer like a validation error.
+        path, _, problem = self.message.partition(": ")
+        if problem and " " not in path:
+            return {"errors": [{"path": path, "message": problem}]}
+        return {}
 
 
 class AuthenticationError(Exception):

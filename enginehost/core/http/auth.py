@@ -25,7 +25,7 @@ from enginehost.core.auth.roles import Role
 from enginehost.core.auth.service import ApiKeyService, AuthenticationError, Principal
 from enginehost.core.http.errors import ApiError
 from enginehost.core.sessions.models import SessionRecord
-from enginehost.core.sessions.store import SessionNotFoundError, SessionStore, shown
+from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
 
 __all__ = ["Access", "Rule", "Scope", "api_routes", "public", "requires", "route_rule"]
 
@@ -151,13 +151,10 @@ async def _authorize(
     if session_key is None:
         return Access(principal=principal)
     store: SessionStore = request.app.state.host.sessions
-    not_found = ApiError(404, f"session {shown(session_key)} not found", code="session_not_found")
-    try:
-        record = await store.resolve(session_key)
-    except SessionNotFoundError:
-        raise not_found from None
+    record = await store.resolve(session_key)  # SessionNotFoundError: 404
     if not principal.may_see(record.name):
-        raise not_found  # the same answer as a missing session: names do not leak
+        # The same answer as a missing session, so a key never learns other names.
+        raise SessionNotFoundError(session_key)
     request.state.audit_session = record.name
     return Access(principal=principal, session=record)
 

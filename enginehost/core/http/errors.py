@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from enginehost.core.db.errors import DatabaseBusyError, DatabaseUnavailableError
+from enginehost.core.errors import ServiceError
 from enginehost.core.logging import get_logger
 
 __all__ = [
@@ -123,6 +124,15 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
         error_body(exc.status_code, exc.message, code=exc.code, **exc.extra),
         status_code=exc.status_code,
         headers=exc.headers,
+    )
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    # A service refused the caller's request: its status, code and details, as they are.
+    assert isinstance(exc, ServiceError)
+    return JSONResponse(
+        error_body(exc.status_code, exc.message, code=exc.code, **exc.extra),
+        status_code=exc.status_code,
     )
 
 
@@ -246,6 +256,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can produce through the error model."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for database_error in _DATABASE_ERRORS:

@@ -17,10 +17,9 @@ from pydantic.alias_generators import to_camel
 
 from enginehost.core.auth.models import ApiKey
 from enginehost.core.auth.roles import Role
-from enginehost.core.auth.service import ApiKeyError, ApiKeyService
+from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.engine import utc_now
 from enginehost.core.http.auth import Access, Scope, requires
-from enginehost.core.http.errors import ApiError
 
 __all__ = ["ApiKeyCreate", "ApiKeyOut", "ApiKeyWithSecret", "key_out", "router"]
 
@@ -114,16 +113,6 @@ def _service(request: Request) -> ApiKeyService:
     return service
 
 
-def _api_error(exc: ApiKeyError) -> ApiError:
-    extra: dict[str, Any] = {}
-    if exc.status_code == 422:
-        # The service says "field: problem"; answer like a validation error would.
-        path, _, problem = exc.message.partition(": ")
-        if problem and " " not in path:
-            extra["errors"] = [{"path": path, "message": problem}]
-    return ApiError(exc.status_code, exc.message, code=exc.code, extra=extra)
-
-
 @router.get(
     "/auth/api-keys",
     summary="List API keys",
@@ -145,15 +134,12 @@ async def create_key(
     request: Request, body: ApiKeyCreate, access: Access = _ADMIN
 ) -> ApiKeyWithSecret:
     """Create a key; the answer's `key` is its secret, shown only this once."""
-    try:
-        key, secret = await _service(request).create(
-            name=body.name,
-            role=body.role.value,
-            sessions=body.sessions,
-            expires_at=body.expires_at,
-        )
-    except ApiKeyError as exc:
-        raise _api_error(exc) from None
+    key, secret = await _service(request).create(
+        name=body.name,
+        role=body.role.value,
+        sessions=body.sessions,
+        expires_at=body.expires_at,
+    )
     return _with_secret(key, secret)
 
 
@@ -165,10 +151,7 @@ async def create_key(
 )
 async def revoke_key(request: Request, key_id: KeyId, access: Access = _ADMIN) -> ApiKeyOut:
     """Revoke a key (again: no change); it stops working at once."""
-    try:
-        key = await _service(request).revoke(key_id)
-    except ApiKeyError as exc:
-        raise _api_error(exc) from None
+    key = await _service(request).revoke(key_id)
     return key_out(key)
 
 
@@ -184,10 +167,7 @@ async def revoke_key(request: Request, key_id: KeyId, access: Access = _ADMIN) -
 async def rotate_key(request: Request, key_id: KeyId, access: Access = _ADMIN) -> ApiKeyWithSecret:
     """A new secret for an active key (in `key`, shown only this once); the old one stops
     working at once. Id, name, role, scope and expiry stay."""
-    try:
-        key, secret = await _service(request).rotate(key_id)
-    except ApiKeyError as exc:
-        raise _api_error(exc) from None
+    key, secret = await _service(request).rotate(key_id)
     return _with_secret(key, secret)
 
 
@@ -200,8 +180,5 @@ async def rotate_key(request: Request, key_id: KeyId, access: Access = _ADMIN) -
 )
 async def delete_key(request: Request, key_id: KeyId, access: Access = _ADMIN) -> Response:
     """Delete a key for good (revoking keeps it listed); it stops working at once."""
-    try:
-        await _service(request).delete(key_id)
-    except ApiKeyError as exc:
-        raise _api_error(exc) from None
+    await _service(request).delete(key_id)
     return Response(status_code=204)

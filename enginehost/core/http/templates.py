@@ -22,7 +22,7 @@ from pydantic.alias_generators import to_camel
 from enginehost.core.auth.roles import Role
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
-from enginehost.core.templates.errors import TemplateError, TemplateNotFoundError
+from enginehost.core.templates.errors import TemplateNotFoundError
 from enginehost.core.templates.models import BODY_MAX, HEADER_FOOTER_MAX, NAME_MAX, Template
 from enginehost.core.templates.service import TemplateService
 
@@ -131,10 +131,6 @@ def _service(request: Request) -> TemplateService:
     return service
 
 
-def _api_error(exc: TemplateError) -> ApiError:
-    return ApiError(exc.status_code, exc.message, code=exc.code, extra=exc.extra)
-
-
 def _session_id(access: Access) -> str:
     return access.require_session().id
 
@@ -143,9 +139,7 @@ def _check_id(access: Access, template_id: str) -> None:
     """A template id that cannot exist is simply not found (no database query)."""
     if len(template_id) > _ID_MAX:
         shown = template_id[:_ID_MAX] + "..."
-        raise _api_error(
-            TemplateNotFoundError(f"no template {shown!r} in session {_session_id(access)!r}")
-        )
+        raise TemplateNotFoundError(f"no template {shown!r} in session {_session_id(access)!r}")
 
 
 def _out(template: Template) -> TemplateOut:
@@ -195,16 +189,13 @@ async def create_template(
     access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
 ) -> TemplateOut:
     """A new template; its name must be unique within the session (409 otherwise)."""
-    try:
-        template = await _service(request).create(
-            _session_id(access),
-            name=payload.name,
-            body=payload.body,
-            header=payload.header,
-            footer=payload.footer,
-        )
-    except TemplateError as exc:
-        raise _api_error(exc) from None
+    template = await _service(request).create(
+        _session_id(access),
+        name=payload.name,
+        body=payload.body,
+        header=payload.header,
+        footer=payload.footer,
+    )
     return _out(template)
 
 
@@ -220,10 +211,7 @@ async def get_template(
     access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
 ) -> TemplateOut:
     _check_id(access, template_id)
-    try:
-        template = await _service(request).get(_session_id(access), template_id)
-    except TemplateError as exc:
-        raise _api_error(exc) from None
+    template = await _service(request).get(_session_id(access), template_id)
     return _out(template)
 
 
@@ -265,10 +253,7 @@ async def update_template(
         )
     changes: dict[str, Any] = {field: getattr(payload, field) for field in given}
     _check_id(access, template_id)
-    try:
-        template = await _service(request).update(_session_id(access), template_id, **changes)
-    except TemplateError as exc:
-        raise _api_error(exc) from None
+    template = await _service(request).update(_session_id(access), template_id, **changes)
     return _out(template)
 
 
@@ -285,10 +270,7 @@ async def delete_template(
     access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
 ) -> Response:
     _check_id(access, template_id)
-    try:
-        await _service(request).delete(_session_id(access), template_id)
-    except TemplateError as exc:
-        raise _api_error(exc) from None
+    await _service(request).delete(_session_id(access), template_id)
     return Response(status_code=204)
 
 
@@ -317,10 +299,7 @@ async def render_template(
     is never truncated: over the render cap is 422 ``too_large``.
     """
     _check_id(access, template_id)
-    try:
-        text = await _service(request).render(
-            _session_id(access), template_id=template_id, variables=payload.variables
-        )
-    except TemplateError as exc:
-        raise _api_error(exc) from None
+    text = await _service(request).render(
+        _session_id(access), template_id=template_id, variables=payload.variables
+    )
     return RenderResult(text=text, bytes=len(text.encode("utf-8")))

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from enginehost.core.db.database import Database
+from enginehost.core.errors import ServiceError
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
 
 __all__ = [
@@ -36,33 +37,37 @@ def shown(key: str, limit: int = 64) -> str:
     return repr(key if len(key) <= limit else key[:limit] + "…")
 
 
-class SessionNotFoundError(LookupError):
+class SessionNotFoundError(ServiceError):
     """No session has that id or name (or the caller may not see it)."""
 
     status_code = 404
-    code = "session_not_found"
+    default_code = "session_not_found"
 
     def __init__(self, key: str) -> None:
         super().__init__(f"session {shown(key)} not found")
 
 
-class SessionExistsError(ValueError):
+class SessionExistsError(ServiceError):
     status_code = 409
-    code = "session_exists"
+    default_code = "session_exists"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"a session named {name!r} already exists")
 
 
-class SessionNameError(ValueError):
+class SessionNameError(ServiceError):
     status_code = 422
-    code = "validation_failed"
+    default_code = "validation_failed"
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"invalid session name {name!r}: 1-{NAME_MAX} letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"invalid session name {shown(name)}: 1-{NAME_MAX} letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
         )
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"errors": [{"path": "name", "message": self.message}]}
 
 
 class SessionStore:

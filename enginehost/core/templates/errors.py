@@ -1,9 +1,7 @@
-"""What can go wrong with templates: each error carries an HTTP status and a stable code.
+r"""What can go wrong with templates: each error carries an HTTP status and a stable code.
 
-The HTTP layer needs nothing else to answer with the API's error model::
-
-    except TemplateError as exc:
-        raise ApiError(exc.status_code, exc.message, code=exc.code, extra=exc.extra)
+They are :class:`~enginehost.core.errors.ServiceError`\ s: the API's error handler
+answers with their status, code and details, so routes simply let them propagate.
 
 ``extra`` holds the machine-readable details of each case (the offending field, the
 missing variable names, ...), ready to be merged into the error body.
@@ -11,7 +9,9 @@ missing variable names, ...), ready to be merged into the error body.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
+
+from enginehost.core.errors import ServiceError
 
 __all__ = [
     "TemplateError",
@@ -22,21 +22,8 @@ __all__ = [
 ]
 
 
-class TemplateError(Exception):
+class TemplateError(ServiceError):
     """Base class: a user's mistake about templates (never a bug in the host)."""
-
-    status_code: ClassVar[int] = 400
-    default_code: ClassVar[str] = "bad_request"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code: str = code or self.default_code
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Details for the error body beyond ``statusCode``/``message``/``code``."""
-        return {}
 
 
 class TemplateNotFoundError(TemplateError):

@@ -1,0 +1,32 @@
+"""The base of every error a host service raises for a caller's mistake.
+
+A :class:`ServiceError` carries what the API answers with — an HTTP status, a stable
+machine-readable code, a message and extra details for the error body — so routes let
+it propagate and one handler turns it into the error model. Services stay free of HTTP
+otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = ["ServiceError"]
+
+
+class ServiceError(Exception):
+    """A request a service cannot carry out because of the caller (never a host bug)."""
+
+    status_code: int = 400
+    default_code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None, *, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code: str = code or self.default_code
+        if status_code is not None:
+            self.status_code = status_code
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Details for the error body beyond ``statusCode``/``message``/``code``."""
+        return {}
