@@ -143,6 +143,41 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="Largest rendered template (UTF-8 bytes); larger is an error, never cut.",
     )
+    default_engine: str = Field(
+        "baileys", description="The engine of a session created without one."
+    )
+    session_teardown_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds an engine may take to stop before it is abandoned (and reported).",
+    )
+    session_init_deadline: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a starting engine has to show a QR or "
+        "become ready; past it the session fails.",
+    )
+    session_restore_concurrency: int = Field(
+        10, ge=1, le=1000, description="Sessions started at once when restoring at boot."
+    )
+    session_restore_stagger: float = Field(
+        0.2, ge=0, le=60, description="Seconds between session starts at boot (0: none)."
+    )
+    reconnect_base: float = Field(
+        1.0, ge=0.1, le=60, description="First reconnect delay (s), doubled per attempt."
+    )
+    reconnect_cap: float = Field(60.0, ge=1, le=3600, description="Longest reconnect delay (s).")
+    reconnect_stable_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="Seconds a session must stay ready before its reconnect attempts reset.",
+    )
+    session_status_history: int = Field(
+        20, ge=1, le=1000, description="Status transitions kept per session."
+    )
     shutdown_timeout: float = Field(
         10.0, gt=0, le=300, description="Seconds a graceful shutdown may take before forcing."
     )

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from enginehost.core.db.database import Database
+from enginehost.core.engine import utc_now
 from enginehost.core.errors import ServiceError
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
 
@@ -126,3 +127,79 @@ class SessionStore:
             return list(session.exec(statement).all())
 
         return await self._database.run(work, readonly=True)
+
+    async def transition(
+        self,
+        session_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        history_limit: int = 20,
+        **changes: Any,
+    ) -> tuple[SessionRecord, str | None]:
+        """Move a session to ``status`` (recorded in its history with time and reason),
+        applying ``changes`` in the same transaction; returns the row and the old status."""
+
+        def work(session: Session) -> tuple[SessionRecord, str | None]:
+            record = session.get(SessionRecord, session_id)
+            if record is None:
+                raise SessionNotFoundError(session_id)
+            previous = record.status
+            now = utc_now()
+            if previous != status or reason:
+                entry = {"status": status, "at": now.isoformat(), "reason": reason}
+                record.status_history = [*record.status_history, entry][-history_limit:]
+            record.status = status
+            for field, value in changes.items():
+                setattr(record, field, value)
+            record.updated_at = now
+            session.add(record)
+            return record, previous
+
+        return await self._database.run(work)
+
+    async def update(self, session_id: str, **changes: Any) -> SessionRecord:
+        """Apply ``changes`` to a session row (bumps ``updated_at``)."""
+
+        def work(session: Session) -> SessionRecord:
+            record = session.get(SessionRecord, session_id)
+            if record is None:
+                raise SessionNotFoundError(session_id)
+            for field, value in changes.items():
+                setattr(record, field, value)
+            record.updated_at = utc_now()
+            session.add(record)
+            return record
+
+        return await self._database.run(work)
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session row; False when there was none (deleting twice is fine)."""
+
+        def work(session: Session) -> bool:
+            record = session.get(SessionRecord, session_id)
+            if record is None:
+                return False
+            session.delete(record)
+            return True
+
+        return await self._database.run(work)
+
+    async def reset_in_flight(self, statuses: frozenset[str], reason: str) -> int:
+        """At boot: every session left in a live-only status becomes ``disconnected``."""
+
+        def work(session: Session) -> int:
+            rows = session.exec(
+                select(SessionRecord).where(col(SessionRecord.status).in_(sorted(statuses)))
+            ).all()
+            now = utc_now()
+            for record in rows:
+                entry = {"status": "disconnected", "at": now.isoformat(), "reason": reason}
+                record.status_history = [*record.status_history, entry][-20:]
+                record.status = "disconnected"
+                record.reconnect_attempt = 0
+                record.updated_at = now
+                session.add(record)
+            return len(rows)
+
+        return await self._database.run(work)

@@ -1,0 +1,491 @@
+"""The session manager: one supervised engine per running session, and its lifecycle.
+
+Invariants (each has a test):
+
+* **One live engine per session.** A session has at most one :class:`_Live` slot and
+  that slot at most one engine object at a time. Every engine event is checked against
+  the slot's current engine by identity; events of a replaced or stopped engine change
+  nothing.
+* **Start reserves synchronously.** The slot is taken before the first ``await``, so two
+  concurrent starts make one engine.
+* **Stop wins.** A stop (or delete) landing while an engine starts cancels the start and
+  tears the engine down; it cannot come back to ``ready``.
+* **Teardown is bounded** by ``ENGINEHOST_SESSION_TEARDOWN_TIMEOUT``: a hung engine is
+  abandoned (its tasks cancelled) and reported, never wedging stop, delete or shutdown.
+* **Init deadline.** An engine that shows neither a QR nor ``ready`` within
+  ``ENGINEHOST_SESSION_INIT_DEADLINE`` is torn down and the session fails with that reason.
+
+Reconnects follow :mod:`enginehost.core.sessions.reconnect`; statuses follow the table
+in :mod:`enginehost.core.sessions.status`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from enginehost.core.engine import (
+    AuthenticatedEvent,
+    DisconnectClassification,
+    DisconnectedEvent,
+    Engine,
+    EngineEvent,
+    ErrorEvent,
+    PairingCodeEvent,
+    QrEvent,
+    ReadyEvent,
+    SessionInfo,
+    utc_now,
+)
+from enginehost.core.events import EventBus, HostEvent
+from enginehost.core.logging import bind_session, get_logger
+from enginehost.core.sessions.models import SessionRecord
+from enginehost.core.sessions.reconnect import ReconnectPolicy
+from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus, status_for
+from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
+from enginehost.core.settings import Settings
+
+__all__ = ["EngineFactory", "SessionManager"]
+
+log = get_logger("enginehost.sessions")
+
+RUNNING = "running"
+STOPPED = "stopped"
+
+
+class EngineFactory(Protocol):
+    """Makes engine objects by engine name (the plugin host is one)."""
+
+    def create_engine(self, engine_name: str, session: SessionInfo) -> Engine: ...
+
+
+@dataclass(eq=False)
+class _Live:
+    """The supervision slot of one running session (its identity is what events check)."""
+
+    session_id: str
+    name: str
+    engine_name: str
+    policy: ReconnectPolicy
+    engine: Engine | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    start_scope: anyio.CancelScope | None = None
+    stop_requested: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    end: DisconnectedEvent | None = None
+    end_failure: str | None = None
+    visible: bool = False
+    """The current engine showed a QR or became ready (the init deadline is met)."""
+    ready_since: float | None = None
+    attempt: int = 0
+    qr: str | None = None
+    pairing_code: str | None = None
+    final_status: SessionStatus = SessionStatus.DISCONNECTED
+    final_reason: str | None = None
+    teardown_problem: str | None = None
+
+
+class SessionManager:
+    """Starts, stops and supervises sessions; the only writer of session statuses."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        engines: EngineFactory,
+        bus: EventBus,
+        settings: Settings,
+    ) -> None:
+        self._store = store
+        self._engines = engines
+        self._bus = bus
+        self._settings = settings
+        self._policy = ReconnectPolicy(
+            base=settings.reconnect_base,
+            cap=settings.reconnect_cap,
+            stable_seconds=settings.reconnect_stable_seconds,
+        )
+        self._live: dict[str, _Live] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ running
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SessionManager]:
+        """Supervise sessions for the duration of the block; on exit stop them all,
+        keeping their desired state so the next boot restores them."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._stop_all()
+                self._tasks = None
+                tasks.cancel_scope.cancel()
+
+    async def _stop_all(self) -> None:
+        async with anyio.create_task_group() as stops:
+            for live in list(self._live.values()):
+                stops.start_soon(self._halt, live, False)
+
+    async def restore(self) -> int:
+        """At boot: reset stale statuses, then start every session meant to run.
+
+        Starts run with bounded concurrency and a stagger between them; one session
+        failing to start never holds up the others. Returns how many were started.
+        """
+        reset = await self._store.reset_in_flight(
+            frozenset(s.value for s in IN_FLIGHT), "the host restarted"
+        )
+        if reset:
+            log.info("sessions.stale_statuses_reset", count=reset)
+        wanted = [s for s in await self._store.list() if s.desired_state == RUNNING]
+        limiter = anyio.CapacityLimiter(self._settings.session_restore_concurrency)
+        started = 0
+
+        async def restore_one(record: SessionRecord) -> None:
+            nonlocal started
+            async with limiter:
+                try:
+                    await self.start(record.id)
+                    started += 1
+                except Exception as exc:
+                    log.error("sessions.restore_failed", session_id=record.id, error=str(exc))
+
+        async with anyio.create_task_group() as group:
+            for index, record in enumerate(wanted):
+                if index and self._settings.session_restore_stagger:
+                    await anyio.sleep(self._settings.session_restore_stagger)
+                group.start_soon(restore_one, record)
+        return started
+
+    # ------------------------------------------------------------------ operations
+
+    def live(self, session_id: str) -> _Live | None:
+        return self._live.get(session_id)
+
+    def qr(self, session_id: str) -> tuple[str | None, str | None]:
+        """The current QR payload and pairing code of a running session."""
+        live = self._live.get(session_id)
+        return (live.qr, live.pairing_code) if live is not None else (None, None)
+
+    def engine(self, session_id: str) -> Engine | None:
+        """The live engine object of a session, if any (for sends)."""
+        live = self._live.get(session_id)
+        return live.engine if live is not None else None
+
+    async def start(self, session_key: str) -> SessionRecord:
+        """Start a session (idempotent: a running session is left as it is)."""
+        record = await self._store.resolve(session_key)
+        if record.id in self._live:
+            return record
+        if self._tasks is None:
+            raise RuntimeError("the session manager is not running")
+        policy = self._policy.for_session(record.config)
+        # Reserved before any await: a concurrent start sees the slot and returns.
+        live = _Live(
+            session_id=record.id, name=record.name, engine_name=record.engine, policy=policy
+        )
+        self._live[record.id] = live
+        try:
+            record = await self._store.update(record.id, desired_state=RUNNING)
+        except BaseException:
+            self._live.pop(record.id, None)
+            raise
+        self._tasks.start_soon(self._supervise, live, name=f"session {record.name}")
+        return record
+
+    async def stop(self, session_key: str, *, force: bool = False) -> SessionRecord:
+        """Stop a session (idempotent), keeping its auth; it stays stopped across boots."""
+        record = await self._store.resolve(session_key)
+        await self._store.update(record.id, desired_state=STOPPED)
+        live = self._live.get(record.id)
+        if live is not None:
+            await self._halt(live, force)
+        return await self._store.resolve(record.id)
+
+    async def logout(self, session_key: str) -> SessionRecord:
+        """Stop a session and wipe its engine auth: the next start shows a new QR."""
+        record = await self.stop(session_key)
+        engine = self._engines.create_engine(
+            record.engine, SessionInfo(id=record.id, name=record.name, config=record.config)
+        )
+        with anyio.move_on_after(self._settings.session_teardown_timeout) as scope:
+            await engine.logout()
+        if scope.cancelled_caught:
+            log.error("session.logout_timeout", session_id=record.id)
+        record, _ = await self._transition(
+            record.id, SessionStatus.DISCONNECTED, "logged out", phone=None, push_name=None
+        )
+        return record
+
+    async def delete(self, session_key: str) -> bool:
+        """Stop and delete a session (idempotent: False when it was already gone)."""
+        try:
+            record = await self._store.resolve(session_key)
+        except SessionNotFoundError:
+            return False
+        await self._store.update(record.id, desired_state=STOPPED)
+        live = self._live.get(record.id)
+        if live is not None:
+            await self._halt(live, False)
+        return await self._store.delete(record.id)
+
+    async def _halt(self, live: _Live, force: bool) -> None:
+        """Make a live session stop: cancel a start in progress, tear the engine down
+        (bounded), and wait for the supervisor to finish."""
+        live.stop_requested.set()
+        live.ended.set()
+        if live.start_scope is not None:
+            live.start_scope.cancel()
+        if force:
+            live.scope.cancel()
+        with anyio.move_on_after(self._settings.session_teardown_timeout + 1.0):
+            await live.done.wait()
+        if not live.done.is_set():
+            live.scope.cancel()
+            await live.done.wait()
+
+    # ------------------------------------------------------------------ supervision
+
+    async def _supervise(self, live: _Live) -> None:
+        with bind_session(live.session_id, live.engine_name):
+            try:
+                with live.scope:
+                    await self._connect_until_done(live)
+            except Exception as exc:  # a bug here must not take other sessions down
+                log.error("session.supervisor_failed", error=str(exc), exc_info=exc)
+                live.final_status, live.final_reason = SessionStatus.FAILED, str(exc)
+            finally:
+                if self._live.get(live.session_id) is live:
+                    del self._live[live.session_id]
+                with anyio.CancelScope(shield=True):
+                    await self._settle(live)
+                live.done.set()
+
+    async def _settle(self, live: _Live) -> None:
+        """Write the status a finished supervision leaves (unless the row is gone)."""
+        try:
+            await self._transition(
+                live.session_id, live.final_status, live.final_reason, reconnect_attempt=0
+            )
+        except SessionNotFoundError:
+            pass  # deleted meanwhile: nothing to record
+        except Exception as exc:
+            log.error("session.settle_failed", error=str(exc))
+
+    async def _connect_until_done(self, live: _Live) -> None:
+        while not live.stop_requested.is_set():
+            await self._connect_once(live)
+            if live.stop_requested.is_set():
+                live.final_status = SessionStatus.DISCONNECTED
+                live.final_reason = "; ".join(filter(None, ["stopped", live.teardown_problem]))
+                return
+            if live.end_failure is not None:
+                live.final_status = SessionStatus.FAILED
+                live.final_reason = live.end_failure
+                await self._store.update(live.session_id, desired_state=STOPPED)
+                return
+            end = live.end
+            assert end is not None
+            if end.classification is DisconnectClassification.TERMINAL:
+                live.final_status, live.final_reason = SessionStatus.FAILED, end.reason
+                await self._store.update(live.session_id, desired_state=STOPPED)
+                return
+            if end.classification is DisconnectClassification.LOGGED_OUT:
+                live.final_status, live.final_reason = SessionStatus.DISCONNECTED, end.reason
+                await self._store.update(
+                    live.session_id, desired_state=STOPPED, phone=None, push_name=None
+                )
+                return
+            await self._wait_before_reconnect(live, end)
+
+    async def _wait_before_reconnect(self, live: _Live, end: DisconnectedEvent) -> None:
+        if live.ready_since is not None and (
+            time.monotonic() - live.ready_since >= live.policy.stable_seconds
+        ):
+            live.attempt = 0  # it was stable: a fresh budget
+        live.ready_since = None
+        if end.classification is DisconnectClassification.RESTART_NOW:
+            return
+        live.attempt += 1
+        await self._transition(
+            live.session_id,
+            SessionStatus.INITIALIZING,
+            f"reconnecting (attempt {live.attempt}): {end.reason}",
+            reconnect_attempt=live.attempt,
+            last_error=end.reason or None,
+        )
+        if live.attempt % live.policy.loop_every == 0:
+            log.warning("session.reconnect_loop", attempt=live.attempt, reason=end.reason)
+            self._publish(
+                live, "session.reconnect_loop", {"attempt": live.attempt, "reason": end.reason}
+            )
+        with anyio.move_on_after(live.policy.delay(live.attempt)):
+            await live.stop_requested.wait()
+
+    async def _connect_once(self, live: _Live) -> None:
+        """One engine object's life: create, start, wait for its end, tear it down."""
+        live.end, live.end_failure, live.visible = None, None, False
+        live.ended = anyio.Event()
+        if live.stop_requested.is_set():
+            live.ended.set()
+        record = await self._store.resolve(live.session_id)
+        await self._transition(live.session_id, SessionStatus.INITIALIZING, "starting")
+        try:
+            engine = self._engines.create_engine(
+                live.engine_name,
+                SessionInfo(id=record.id, name=record.name, config=record.config),
+            )
+        except Exception as exc:
+            live.end_failure = f"cannot create the {live.engine_name} engine: {exc}"
+            return
+        live.engine = engine
+        async with anyio.create_task_group() as engine_tasks:
+            engine_tasks.start_soon(self._init_watchdog, live, engine)
+            live.start_scope = anyio.CancelScope()
+            try:
+                with live.start_scope:
+                    await engine.start(self._sink(live, engine), engine_tasks)
+            except Exception as exc:
+                live.end_failure = f"the engine failed to start: {exc}"
+                live.ended.set()
+            finally:
+                live.start_scope = None
+            await live.ended.wait()
+            await self._teardown(live, engine)
+            engine_tasks.cancel_scope.cancel()
+        live.engine = None
+        live.qr = live.pairing_code = None
+
+    async def _teardown(self, live: _Live, engine: Engine) -> None:
+        logged_out = (
+            live.end is not None and live.end.classification is DisconnectClassification.LOGGED_OUT
+        )
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._settings.session_teardown_timeout) as scope:
+                try:
+                    await (engine.logout() if logged_out else engine.stop())
+                except Exception as exc:
+                    log.error("session.teardown_failed", error=str(exc), exc_info=exc)
+            if scope.cancelled_caught:
+                seconds = self._settings.session_teardown_timeout
+                log.error("session.teardown_timeout", seconds=seconds)
+                live.teardown_problem = f"the engine did not stop within {seconds:g} s"
+
+    async def _init_watchdog(self, live: _Live, engine: Engine) -> None:
+        with anyio.move_on_after(self._settings.session_init_deadline):
+            await live.ended.wait()
+            return
+        if live.engine is engine and not live.visible and not live.ended.is_set():
+            seconds = self._settings.session_init_deadline
+            live.end_failure = f"the engine showed no QR and was not ready within {seconds:g} s"
+            log.error("session.init_deadline", seconds=seconds)
+            live.ended.set()
+
+    # ------------------------------------------------------------------ engine events
+
+    def _sink(self, live: _Live, engine: Engine) -> Callable[[EngineEvent], Any]:
+        async def sink(event: EngineEvent) -> None:
+            # Identity, not equality: only the slot's current engine may move the session.
+            if self._live.get(live.session_id) is not live or live.engine is not engine:
+                log.debug("session.stale_event_ignored", kind=event.kind)
+                return
+            if live.ended.is_set():
+                return
+            try:
+                await self._on_event(live, event)
+            except Exception as exc:  # never let the host's bookkeeping break an engine
+                log.error("session.event_failed", kind=event.kind, error=str(exc), exc_info=exc)
+
+        return sink
+
+    async def _on_event(self, live: _Live, event: EngineEvent) -> None:
+        status = status_for(event)
+        if isinstance(event, QrEvent):
+            live.visible, live.qr = True, event.payload
+            self._publish(live, "session.qr", {"qr": event.payload})
+        elif isinstance(event, PairingCodeEvent):
+            live.visible, live.pairing_code = True, event.code
+        elif isinstance(event, AuthenticatedEvent):
+            live.qr = live.pairing_code = None
+            self._publish(live, "session.authenticated", {})
+        elif isinstance(event, ReadyEvent):
+            live.visible, live.ready_since = True, time.monotonic()
+            live.qr = live.pairing_code = None
+            phone = event.own_id.split("@", 1)[0].split(":", 1)[0]
+            await self._transition(
+                live.session_id,
+                SessionStatus.READY,
+                None,
+                phone=phone,
+                push_name=event.push_name,
+                connected_at=utc_now(),
+                last_active=utc_now(),
+                reconnect_attempt=0,
+                last_error=None,
+            )
+            return
+        elif isinstance(event, DisconnectedEvent):
+            live.end = event
+            self._publish(
+                live,
+                "session.disconnected",
+                {
+                    "classification": event.classification.value,
+                    "code": event.engine_code,
+                    "reason": event.reason,
+                },
+            )
+            live.ended.set()
+            return  # the supervisor decides the status (reconnect, disconnected, failed)
+        elif isinstance(event, ErrorEvent):
+            log.warning("session.engine_error", error=event.message, code=event.code)
+            await self._store.update(live.session_id, last_error=event.message)
+            return
+        if status is not None:
+            await self._transition(live.session_id, status, None)
+
+    # ------------------------------------------------------------------ status
+
+    async def _transition(
+        self, session_id: str, status: SessionStatus, reason: str | None, **changes: Any
+    ) -> tuple[SessionRecord, str | None]:
+        record, previous = await self._store.transition(
+            session_id,
+            status.value,
+            reason=reason,
+            history_limit=self._settings.session_status_history,
+            **changes,
+        )
+        if previous != status.value:
+            self._bus.publish(
+                HostEvent(
+                    type="session.status",
+                    session_id=session_id,
+                    data={
+                        "sessionName": record.name,
+                        "engine": record.engine,
+                        "status": status.value,
+                        "previous": previous,
+                        "reason": reason,
+                    },
+                )
+            )
+        return record, previous
+
+    def _publish(self, live: _Live, event_type: str, data: dict[str, Any]) -> None:
+        self._bus.publish(
+            HostEvent(
+                type=event_type,
+                session_id=live.session_id,
+                data={"sessionName": live.name, **data},
+            )
+        )
