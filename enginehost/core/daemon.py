@@ -29,9 +29,12 @@ from enginehost.core.audit.service import AuditLog
 from enginehost.core.auth.keys import load_or_create_pepper
 from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases, open_databases, prepare_schemas
+from enginehost.core.events import EventBus
+from enginehost.core.hooks_bridge import forward_events_to_hooks
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
 from enginehost.core.plugins import PluginHost
+from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
@@ -154,10 +157,15 @@ async def _serve_with(
     )
     started = False
     try:
-        async with anyio.create_task_group() as tg, plugins.running(services):
+        async with (
+            anyio.create_task_group() as tg,
+            plugins.running(services),
+            state.manager.running(),
+        ):
             # The audit writer prunes at start and daily; cancelled last, it writes what
             # is still buffered before the databases close.
             tg.start_soon(state.audit.run)
+            tg.start_soon(forward_events_to_hooks, state.bus, plugins)
             server_done = anyio.Event()
             tg.start_soon(_run_server, server, sock, server_done)
             started = await _wait_until_started(server, server_done)
@@ -173,6 +181,9 @@ async def _serve_with(
                     services=services,
                     impl_timeout=settings.plugin_enable_timeout,
                 )
+                # Sessions meant to run come back in the background (bounded, staggered):
+                # the API answers meanwhile, and reports each session's own progress.
+                tg.start_soon(_restore_sessions, state.manager)
                 state.ready = True
                 log.info("daemon.ready", version=__version__, data_dir=str(data_dir))
 
@@ -207,11 +218,15 @@ async def build_state(
     keys = ApiKeyService(databases.main, load_or_create_pepper(secret, data_dir))
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     await keys.ensure_admin_key(data_dir, admin)
+    sessions = SessionStore(databases.data)
+    bus = EventBus()
     return AppState(
         plugins=plugins,
         version=__version__,
         keys=keys,
-        sessions=SessionStore(databases.data),
+        sessions=sessions,
+        bus=bus,
+        manager=SessionManager(sessions, plugins, bus, settings),
         settings=settings,
         audit=AuditLog(databases.main, retention_days=settings.audit_retention_days),
         databases=databases,
@@ -219,6 +234,14 @@ async def build_state(
             databases.data, render_max_bytes=settings.template_render_max_bytes
         ),
     )
+
+
+async def _restore_sessions(manager: SessionManager) -> None:
+    try:
+        started = await manager.restore()
+        log.info("sessions.restored", started=started)
+    except Exception as exc:
+        log.error("sessions.restore_failed", error=str(exc), exc_info=exc)
 
 
 async def _run_server(server: uvicorn.Server, sock: socket.socket, done: anyio.Event) -> None:

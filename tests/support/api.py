@@ -9,6 +9,7 @@ async with api_harness(tmp_path) as api:
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -69,7 +70,10 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
     config = load_settings(data_dir=data_dir, admin_key=ADMIN_SECRET, **settings)
     databases = open_databases(config, data_dir)
     prepare_schemas(databases, auto_migrate=True)
-    plugins = PluginHost(config, data_dir=data_dir, entry_points=[])
+    sandbox = importlib.metadata.EntryPoint(
+        name="sandbox", value="enginehost.plugins.sandbox", group="enginehost"
+    )
+    plugins = PluginHost(config, data_dir=data_dir, entry_points=[sandbox])
     plugins.load()
     state = await build_state(config, data_dir, databases, plugins)
     state.ready = True
@@ -78,7 +82,11 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
     # after the task group, not wrapped in an ExceptionGroup by it.
     failure: BaseException | None = None
     try:
-        async with anyio.create_task_group() as tg:
+        async with (
+            anyio.create_task_group() as tg,
+            plugins.running(plugins.services(), retry=False),
+            state.manager.running(),
+        ):
             tg.start_soon(state.audit.run)
             try:
                 yield harness

@@ -16,11 +16,13 @@ from enginehost.core.audit.service import AuditLog
 from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
+from enginehost.core.events import EventBus
 from enginehost.core.http import audit, health, keys, plugins, settings, templates
 from enginehost.core.http.errors import install_error_handlers
 from enginehost.core.http.middleware import install_middleware
 from enginehost.core.http.openapi import install_openapi
 from enginehost.core.plugins import PluginHost
+from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
@@ -38,6 +40,8 @@ class AppState:
     sessions: SessionStore
     settings: Settings
     audit: AuditLog
+    bus: EventBus
+    manager: SessionManager
     databases: Databases | None = None
     templates: TemplateService | None = None
     started_at: datetime = field(default_factory=utc_now)
