@@ -12,13 +12,14 @@ from enginehost.core.audit.models import AuditEntry
 from enginehost.core.auth.models import ApiKey
 from enginehost.core.db.base import DataModel, MainModel
 from enginehost.core.db.urls import DatabaseRole
+from enginehost.core.messages.models import EarlyAck, MessageRecord
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.templates.models import Template
 
 __all__ = ["DATA_MODELS", "MAIN_MODELS", "metadata_for"]
 
 MAIN_MODELS = (ApiKey, AuditEntry)
-DATA_MODELS = (SessionRecord, Template)
+DATA_MODELS = (EarlyAck, MessageRecord, SessionRecord, Template)
 
 
 def metadata_for(role: DatabaseRole) -> MetaData:

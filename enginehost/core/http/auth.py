@@ -101,8 +101,13 @@ async def _authenticate(
     return principal
 
 
-def requires(role: Role, scope: Scope) -> Any:
-    """The dependency of a route that needs a key with ``role`` (see the module doc)."""
+def requires(role: Role, scope: Scope, *, missing_ok: bool = False) -> Any:
+    """The dependency of a route that needs a key with ``role`` (see the module doc).
+
+    ``missing_ok`` (session routes only, for idempotent deletes): a session that does not
+    exist gives ``Access.session = None`` instead of 404 — when the key could see a
+    session of that name, so a limited key still learns nothing about other names.
+    """
     rule = Rule(role=role, scope=scope)
 
     async def dependency(
@@ -118,7 +123,7 @@ def requires(role: Role, scope: Scope) -> Any:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         session_id: Annotated[str, Path(alias="sessionId", description=_SESSION_ID_DOC)],
     ) -> Access:
-        return await _authorize(request, api_key, bearer, role, scope, session_id)
+        return await _authorize(request, api_key, bearer, role, scope, session_id, missing_ok)
 
     # Session routes declare {sessionId} here, once, for every route (and OpenAPI).
     chosen: Any = session_dependency if scope is Scope.SESSION else dependency
@@ -136,6 +141,7 @@ async def _authorize(
     role: Role,
     scope: Scope,
     session_key: str | None = None,
+    missing_ok: bool = False,
 ) -> Access:
     principal = await _authenticate(request, api_key, bearer)
     if not principal.role.allows(role):
@@ -151,7 +157,12 @@ async def _authorize(
     if session_key is None:
         return Access(principal=principal)
     store: SessionStore = request.app.state.host.sessions
-    record = await store.resolve(session_key)  # SessionNotFoundError: 404
+    try:
+        record = await store.resolve(session_key)
+    except SessionNotFoundError:
+        if missing_ok and principal.may_see(session_key):
+            return Access(principal=principal)
+        raise  # 404
     if not principal.may_see(record.name):
         # The same answer as a missing session, so a key never learns other names.
         raise SessionNotFoundError(session_key)
