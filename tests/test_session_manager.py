@@ -21,6 +21,7 @@ from enginehost import (
     SessionInfo,
 )
 from enginehost.core.events import EventBus, HostEvent
+from enginehost.core.messages.store import MessageStore
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.reconnect import ReconnectSettingsError
 from enginehost.core.sessions.store import SessionStore
@@ -94,6 +95,7 @@ class Engines:
 @dataclass
 class Host:
     manager: SessionManager
+    messages: MessageStore
     store: SessionStore
     engines: Engines
     bus: EventBus
@@ -124,7 +126,8 @@ async def host(data_db: Any, tmp_path: Path, **settings: Any) -> AsyncIterator[H
     subscription = bus.subscribe(maxsize=10_000)
     events: list[HostEvent] = []
     engines = Engines(sandbox, Script())
-    manager = SessionManager(store, engines, bus, config)
+    messages = MessageStore(data_db)
+    manager = SessionManager(store, engines, bus, config, messages)
 
     async def collect() -> None:
         async for event in subscription:
@@ -133,7 +136,7 @@ async def host(data_db: Any, tmp_path: Path, **settings: Any) -> AsyncIterator[H
     async with anyio.create_task_group() as tg:
         tg.start_soon(collect)
         async with manager.running():
-            yield Host(manager, store, engines, bus, events, sandbox)
+            yield Host(manager, messages, store, engines, bus, events, sandbox)
         subscription.close()
 
 
@@ -347,3 +350,45 @@ async def test_nonsense_reconnect_overrides_are_refused(data_db: Any, tmp_path: 
         with pytest.raises(ReconnectSettingsError, match="capSeconds: must be between"):
             await h.manager.start("alpha")
         assert h.manager.live((await h.store.resolve("alpha")).id) is None
+
+
+async def test_messages_and_acks_are_stored_once_and_published(
+    data_db: Any, tmp_path: Path
+) -> None:
+    async with host(data_db, tmp_path) as h:
+        record = await h.store.create("alpha", engine="sandbox")
+        await h.manager.start("alpha")
+        await h.wait_status("alpha", "qr_ready")
+        engine = h.sandbox.engine_for(record.id)
+        await engine.scan()
+        await h.wait_status("alpha", "ready")
+
+        inbound = await engine.receive_text("15551234567@c.us", "hello")
+        await engine.receive_text("15551234567@c.us", "hello", message_id=inbound.message_id)
+        typed = await engine.compose_on_phone("15551234567@c.us", "typed on the phone")
+        sent = await engine.send_text("15551234567@c.us", "from the API")  # echo + acks
+        await h.wait_until(
+            lambda: any(e.type == "message.ack" and e.data["status"] == "read" for e in h.events)
+        )
+        rows, total, _ = await h.messages.history(record.id)
+        assert total == 3  # the re-fired inbound message is stored once
+        by_id = {row.message_id: row for row in rows}
+        assert by_id[inbound.message_id].direction == "incoming"
+        assert by_id[typed.message_id].from_me is True
+        assert by_id[sent.message_id].status == "read"
+        types = [e.type for e in h.events if e.type.startswith("message.")]
+        assert types.count("message.received") == 1
+        assert types.count("message.sent") == 2
+
+
+async def test_restore_fails_sends_left_pending_by_a_crash(data_db: Any, tmp_path: Path) -> None:
+    store = SessionStore(data_db)
+    record = await store.create("alpha", engine="sandbox")
+    pending, _ = await MessageStore(data_db).create_pending(
+        record.id, chat_id="15551234567@c.us", type="text", body="in flight"
+    )
+    async with host(data_db, tmp_path) as h:
+        await h.manager.restore()
+        failed = await h.messages.get(record.id, pending.id)
+        assert failed.status == "failed"
+        assert failed.failure_reason

@@ -33,6 +33,7 @@ from enginehost.core.events import EventBus
 from enginehost.core.hooks_bridge import forward_events_to_hooks
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
+from enginehost.core.messages.store import MessageStore
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
@@ -226,7 +227,7 @@ async def build_state(
         keys=keys,
         sessions=sessions,
         bus=bus,
-        manager=SessionManager(sessions, plugins, bus, settings),
+        manager=SessionManager(sessions, plugins, bus, settings, MessageStore(databases.data)),
         settings=settings,
         audit=AuditLog(databases.main, retention_days=settings.audit_retention_days),
         databases=databases,

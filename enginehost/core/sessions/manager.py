@@ -31,12 +31,15 @@ import anyio
 import anyio.abc
 
 from enginehost.core.engine import (
+    AckEvent,
     AuthenticatedEvent,
     DisconnectClassification,
     DisconnectedEvent,
     Engine,
     EngineEvent,
     ErrorEvent,
+    MessageEvent,
+    OwnMessageEvent,
     PairingCodeEvent,
     QrEvent,
     ReadyEvent,
@@ -45,6 +48,7 @@ from enginehost.core.engine import (
 )
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import bind_session, get_logger
+from enginehost.core.messages.store import MessageStore
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
 from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus, status_for
@@ -101,8 +105,10 @@ class SessionManager:
         engines: EngineFactory,
         bus: EventBus,
         settings: Settings,
+        messages: MessageStore | None = None,
     ) -> None:
         self._store = store
+        self._messages = messages
         self._engines = engines
         self._bus = bus
         self._settings = settings
@@ -144,6 +150,12 @@ class SessionManager:
         reset = await self._store.reset_in_flight(
             frozenset(s.value for s in IN_FLIGHT), "the host restarted"
         )
+        if self._messages is not None:
+            # A send the host was making when it died never completed: say so, never
+            # leave it pending.
+            failed = await self._messages.fail_stale_pending()
+            if failed:
+                log.info("messages.stale_pending_failed", count=failed)
         if reset:
             log.info("sessions.stale_statuses_reset", count=reset)
         wanted = [s for s in await self._store.list() if s.desired_state == RUNNING]
@@ -446,12 +458,42 @@ class SessionManager:
             )
             live.ended.set()
             return  # the supervisor decides the status (reconnect, disconnected, failed)
+        elif isinstance(event, MessageEvent | OwnMessageEvent | AckEvent):
+            await self._on_message_event(live, event)
+            return
         elif isinstance(event, ErrorEvent):
             log.warning("session.engine_error", error=event.message, code=event.code)
             await self._store.update(live.session_id, last_error=event.message)
             return
         if status is not None:
             await self._transition(live.session_id, status, None)
+
+    async def _on_message_event(
+        self, live: _Live, event: MessageEvent | OwnMessageEvent | AckEvent
+    ) -> None:
+        """Store a message or an ack (re-fired events are harmless), then publish it."""
+        if self._messages is None:
+            return
+        if isinstance(event, AckEvent):
+            updated = await self._messages.apply_ack(
+                live.session_id, event.message_id, event.status
+            )
+            if updated is not None:
+                self._publish(
+                    live,
+                    "message.ack",
+                    {"messageId": event.message_id, "status": updated.status, "id": updated.id},
+                )
+            return
+        inbound = isinstance(event, MessageEvent)
+        store = self._messages.store_inbound if inbound else self._messages.store_own
+        record, created = await store(live.session_id, event.message)
+        if created:
+            self._publish(
+                live,
+                "message.received" if inbound else "message.sent",
+                {"message": event.message, "id": record.id, "messageId": record.message_id},
+            )
 
     # ------------------------------------------------------------------ status
 
