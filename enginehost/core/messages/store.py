@@ -634,33 +634,46 @@ class MessageStore:
         return await self._insert_or_read(work, existing)
 
     async def store_inbound_batch(self, session_id: str, messages: Iterable[EngineMessage]) -> int:
-        """Store many engine messages in one transaction; the number inserted.
+        """Store many engine messages of one session in one transaction; the number
+        inserted (see :meth:`store_engine_messages`)."""
+        inserted = await self.store_engine_messages([(session_id, m) for m in messages])
+        return len(inserted)
 
-        Messages whose engine id the session already has (or that repeat one earlier in
-        the batch) are skipped. Early acks of own messages in the batch are applied too.
+    async def store_engine_messages(
+        self, items: Sequence[tuple[str, EngineMessage]]
+    ) -> set[tuple[str, str]]:
+        """Store engine messages of any sessions in one transaction (a group commit).
+
+        Returns the ``(session_id, message_id)`` pairs actually inserted: messages a
+        session already has (or that repeat one earlier in the batch) are skipped, which
+        is how a re-fired event stays harmless. Early acks of own messages are applied.
         """
-        rows: dict[str, dict[str, Any]] = {}
-        for message in messages:
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for session_id, message in items:
             values = _engine_values(session_id, message, own=False)
-            rows.setdefault(values["message_id"], values)
+            rows.setdefault((session_id, values["message_id"]), values)
         if not rows:
-            return 0
+            return set()
         backend = self._backend
 
-        def work(session: Session) -> int:
-            inserted: list[tuple[str, bool]] = []
+        def work(session: Session) -> set[tuple[str, str]]:
+            inserted: list[tuple[str, str, bool]] = []
             for chunk in _chunks(list(rows.values()), _BATCH_ROWS):
                 statement = (
                     _insert(backend, _MESSAGES)
                     .values(list(chunk))
                     .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
-                    .returning(_MESSAGES.c.message_id, _MESSAGES.c.from_me)
+                    .returning(_MESSAGES.c.session_id, _MESSAGES.c.message_id, _MESSAGES.c.from_me)
                 )
-                inserted.extend((row[0], row[1]) for row in session.exec(statement).all())
-            own = [message_id for message_id, from_me in inserted if from_me]
-            for ids in _chunks(own, _BATCH_ROWS):
-                _apply_early_acks(session, session_id, ids)
-            return len(inserted)
+                inserted.extend((row[0], row[1], row[2]) for row in session.exec(statement).all())
+            own_by_session: dict[str, list[str]] = {}
+            for session_id, message_id, from_me in inserted:
+                if from_me:
+                    own_by_session.setdefault(session_id, []).append(message_id)
+            for session_id, own in own_by_session.items():
+                for ids in _chunks(own, _BATCH_ROWS):
+                    _apply_early_acks(session, session_id, ids)
+            return {(session_id, message_id) for session_id, message_id, _ in inserted}
 
         return await self._database.run(work)
 

@@ -48,6 +48,7 @@ from enginehost.core.engine import (
 )
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import bind_session, get_logger
+from enginehost.core.messages.inbound import InboundWriter
 from enginehost.core.messages.store import MessageStore
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
@@ -109,6 +110,7 @@ class SessionManager:
     ) -> None:
         self._store = store
         self._messages = messages
+        self._inbound = InboundWriter(messages) if messages is not None else None
         self._engines = engines
         self._bus = bus
         self._settings = settings
@@ -128,6 +130,8 @@ class SessionManager:
         keeping their desired state so the next boot restores them."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            if self._inbound is not None:
+                tasks.start_soon(self._inbound.run)
             try:
                 yield self
             finally:
@@ -485,13 +489,21 @@ class SessionManager:
                     {"messageId": event.message_id, "status": updated.status, "id": updated.id},
                 )
             return
-        inbound = isinstance(event, MessageEvent)
-        store = self._messages.store_inbound if inbound else self._messages.store_own
-        record, created = await store(live.session_id, event.message)
+        if isinstance(event, MessageEvent) and self._inbound is not None:
+            # Group-committed with every other engine's inbound messages.
+            if await self._inbound.write(live.session_id, event.message):
+                self._publish(
+                    live,
+                    "message.received",
+                    {"message": event.message, "messageId": event.message.message_id},
+                )
+            return
+        # Own messages go one by one: the store merges them with a send in progress.
+        record, created = await self._messages.store_own(live.session_id, event.message)
         if created:
             self._publish(
                 live,
-                "message.received" if inbound else "message.sent",
+                "message.sent",
                 {"message": event.message, "id": record.id, "messageId": record.message_id},
             )
 
