@@ -654,18 +654,17 @@ class MessageStore:
             rows.setdefault((session_id, values["message_id"]), values)
         if not rows:
             return set()
-        backend = self._backend
+        # One cached statement executed over all rows ("insertmanyvalues"): compiling a
+        # multi-row VALUES statement per batch cost more than the inserts themselves.
+        statement = (
+            _insert(self._backend, _MESSAGES)
+            .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
+            .returning(_MESSAGES.c.session_id, _MESSAGES.c.message_id, _MESSAGES.c.from_me)
+        )
 
         def work(session: Session) -> set[tuple[str, str]]:
-            inserted: list[tuple[str, str, bool]] = []
-            for chunk in _chunks(list(rows.values()), _BATCH_ROWS):
-                statement = (
-                    _insert(backend, _MESSAGES)
-                    .values(list(chunk))
-                    .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
-                    .returning(_MESSAGES.c.session_id, _MESSAGES.c.message_id, _MESSAGES.c.from_me)
-                )
-                inserted.extend((row[0], row[1], row[2]) for row in session.exec(statement).all())
+            result = session.connection().execute(statement, list(rows.values()))
+            inserted = [(row[0], row[1], row[2]) for row in result.all()]
             own_by_session: dict[str, list[str]] = {}
             for session_id, message_id, from_me in inserted:
                 if from_me:
