@@ -694,6 +694,338 @@ def keys_revoke(
     typer.echo(f"{revoked.role} key {revoked.id} ({revoked.prefix}, {revoked.name!r}) {state}")
 
 
+# ---------------------------------------------------------------------------- sessions
+
+sessions_app = typer.Typer(
+    help=(
+        "Create, start, stop and link the sessions of a running daemon, over its REST API "
+        "(--url, env ENGINEHOST_URL; --key, env ENGINEHOST_API_KEY)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(sessions_app, name="sessions")
+
+DEFAULT_URL = "http://127.0.0.1:2785"
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="ENGINEHOST_URL", help="The running daemon's base URL."),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="ENGINEHOST_API_KEY",
+        show_default=False,
+        help="An API key (operator for changes, viewer to read). Default: "
+        "ENGINEHOST_ADMIN_KEY, else the daemon's <data dir>/admin-api-key when readable.",
+    ),
+]
+SessionArgument = Annotated[
+    str, typer.Argument(metavar="SESSION", help="The session's name (or id).")
+]
+
+
+class _ApiFailure(Exception):
+    """An error answer of the API: its status, ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _SessionsApi:
+    """A small client of the daemon's API (stdlib only: the CLI adds no dependency)."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        from urllib.parse import urlsplit
+
+        url = url.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            _fail(f"--url {url!r}: give the daemon's base URL, like {DEFAULT_URL}")
+        self.url = url
+        self.key = _api_key(key)
+        # A proxy from the environment must not intercept a daemon on this machine.
+        self._direct = parts.hostname in ("localhost", "127.0.0.1", "::1")
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The answer's JSON (None for an empty one); raises :class:`_ApiFailure` for an
+        error answer and ends the command (exit 1) when the daemon cannot be reached."""
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        headers = {"X-API-Key": self.key, "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        handlers = [urllib.request.ProxyHandler({})] if self._direct else []
+        opener = urllib.request.build_opener(*handlers)
+        try:
+            with opener.open(request, timeout=15) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise _api_failure(exc.code, exc.read()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            _fail(
+                f"cannot reach the daemon at {self.url}: {reason} "
+                "(is `enginehost serve` running there? set --url or ENGINEHOST_URL)",
+                code=1,
+            )
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            _fail(f"{self.url} answered with something that is not JSON: is it enginehost?", 1)
+
+    def session_path(self, session: str, suffix: str = "") -> str:
+        from urllib.parse import quote
+
+        return f"/api/sessions/{quote(session, safe='')}{suffix}"
+
+    def run(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """:meth:`call`, with an error answer ending the command: its message, exit 1
+        (exit 2 for invalid input, 422)."""
+        try:
+            return self.call(method, path, body)
+        except _ApiFailure as exc:
+            _fail(exc.message, code=2 if exc.status == 422 else 1)
+
+
+def _api_failure(status: int, raw: bytes) -> _ApiFailure:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return _ApiFailure(status, str(body.get("code") or ""), body["message"])
+    return _ApiFailure(status, "", f"the daemon answered HTTP {status}")
+
+
+def _api_key(given: str | None) -> str:
+    """--key / ENGINEHOST_API_KEY, else ENGINEHOST_ADMIN_KEY, else the first-boot key file."""
+    import os
+
+    from enginehost.core.auth.service import ADMIN_KEY_FILE
+    from enginehost.core.settings import Settings, SettingsError, load_settings
+
+    if given and given.strip():
+        return given.strip()
+    try:
+        settings: Settings | None = load_settings(Settings)
+    except SettingsError:  # a setting the daemon needs, not this client
+        settings = None
+    if settings is not None and settings.admin_key is not None:
+        return settings.admin_key.get_secret_value()
+    data_dir = (
+        settings.data_dir
+        if settings is not None
+        else Path(os.environ.get("ENGINEHOST_DATA_DIR", "data"))
+    )
+    path = data_dir.expanduser() / ADMIN_KEY_FILE
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        secret = ""
+    if not secret:
+        _fail(
+            f"no API key: pass --key or set ENGINEHOST_API_KEY (the default, {path}, "
+            "is missing or not readable)"
+        )
+    return secret
+
+
+_SESSION_COLUMNS = ("NAME", "ENGINE", "STATUS", "DESIRED", "PHONE", "ID")
+
+
+def _session_line(session: dict[str, Any]) -> str:
+    line = f"session {session['name']!r}: {session['status']} (desired {session['desiredState']})"
+    if session.get("lastError"):
+        line += f"; last error: {session['lastError']}"
+    return line
+
+
+@sessions_app.command("list")
+def sessions_list(
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the API's JSON list of sessions.")
+    ] = False,
+) -> None:
+    """List the sessions (those the key may see): name, engine, status, phone, id."""
+    api = _SessionsApi(url, key)
+    sessions = api.run("GET", "/api/sessions")
+    if as_json:
+        typer.echo(json.dumps(sessions, indent=2))
+        return
+    if not sessions:
+        typer.echo("no sessions")
+        return
+    rows: list[tuple[str, ...]] = [
+        tuple(
+            str(value)
+            for value in (
+                s["name"],
+                s["engine"],
+                s["status"],
+                s["desiredState"],
+                s.get("phone") or "-",
+                s["id"],
+            )
+        )
+        for s in sessions
+    ]
+    typer.echo(_render_rows(_SESSION_COLUMNS, rows))
+
+
+@sessions_app.command("create")
+def sessions_create(
+    name: Annotated[str, typer.Argument(help="The new session's name (unique).")],
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", "-e", help="The engine (default: the daemon's default)."),
+    ] = None,
+    start: Annotated[bool, typer.Option("--start", help="Start it at once.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Create a session (stopped unless --start). Link it with `enginehost sessions qr`."""
+    api = _SessionsApi(url, key)
+    body: dict[str, Any] = {"name": name, "start": start}
+    if engine is not None:
+        body["engine"] = engine
+    session = api.run("POST", "/api/sessions", body)
+    typer.echo(f"created session {session['name']!r} ({session['id']}) on {session['engine']}")
+    if start:
+        typer.echo(f"starting; link it with: enginehost sessions qr {session['name']}")
+
+
+@sessions_app.command("start")
+def sessions_start(
+    session: SessionArgument, url: UrlOption = DEFAULT_URL, key: KeyOption = None
+) -> None:
+    """Start a session (a running one is left as it is)."""
+    api = _SessionsApi(url, key)
+    typer.echo(_session_line(api.run("POST", api.session_path(session, "/start"))))
+
+
+@sessions_app.command("stop")
+def sessions_stop(
+    session: SessionArgument,
+    force: Annotated[
+        bool, typer.Option("--force", help="Do not wait for the engine to disconnect cleanly.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Stop a session, keeping its link (the next start needs no QR)."""
+    api = _SessionsApi(url, key)
+    path = api.session_path(session, "/force-kill" if force else "/stop")
+    typer.echo(_session_line(api.run("POST", path)))
+
+
+@sessions_app.command("logout")
+def sessions_logout(
+    session: SessionArgument, url: UrlOption = DEFAULT_URL, key: KeyOption = None
+) -> None:
+    """Stop a session and unlink it: the next start shows a new QR."""
+    api = _SessionsApi(url, key)
+    typer.echo(_session_line(api.run("POST", api.session_path(session, "/logout"))))
+
+
+@sessions_app.command("delete")
+def sessions_delete(
+    session: SessionArgument, url: UrlOption = DEFAULT_URL, key: KeyOption = None
+) -> None:
+    """Stop and delete a session (deleting one that is gone already is not an error)."""
+    api = _SessionsApi(url, key)
+    api.run("DELETE", api.session_path(session))
+    typer.echo(f"session {session!r} deleted")
+
+
+@sessions_app.command("qr")
+def sessions_qr(
+    session: SessionArgument,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Seconds to wait for the phone to link before giving up (exit 1)."
+        ),
+    ] = 120,
+    invert: Annotated[
+        bool, typer.Option("--invert", help="Draw for a terminal with dark text on light.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Show a session's QR in the terminal until the phone links it.
+
+    The session must be running (`enginehost sessions start`). The QR is redrawn when
+    the engine rotates it; the command polls once a second and exits 0 once the session
+    is ready ("linked as <phone>"), or 1 after --timeout seconds.
+    """
+    import time
+
+    from enginehost.core.qr import terminal
+
+    api = _SessionsApi(url, key)
+    tty = sys.stdout.isatty()
+    deadline = time.monotonic() + timeout
+    shown: str | None = None
+    said: str | None = None
+    while True:
+        current = api.run("GET", api.session_path(session))
+        status = current["status"]
+        if status == "ready":
+            who = f" ({current['pushName']})" if current.get("pushName") else ""
+            typer.echo(f"linked as {current.get('phone') or 'an unknown number'}{who}")
+            return
+        if current["desiredState"] != "running":
+            error = f"; last error: {current['lastError']}" if current.get("lastError") else ""
+            _fail(
+                f"session {current['name']!r} is not running ({status}{error}); "
+                f"start it with `enginehost sessions start {current['name']}`",
+                code=1,
+            )
+        try:
+            code = api.call("GET", api.session_path(session, "/qr"))
+        except _ApiFailure as exc:
+            if exc.code != "qr_not_available":
+                _fail(exc.message, code=1)
+            code = None
+        if code is not None and code["qr"] != shown:
+            shown = code["qr"]
+            if tty:
+                typer.echo("\x1b[H\x1b[2J", nl=False)  # a fresh screen for the new QR
+            typer.echo(terminal(shown, invert=invert), nl=False)
+            pairing = (
+                f" or enter the pairing code {code['pairingCode']}"
+                if code.get("pairingCode")
+                else ""
+            )
+            typer.echo(
+                f"Scan with WhatsApp (Settings > Linked devices > Link a device){pairing}. "
+                f"Session {current['name']!r}, {status}; waiting..."
+            )
+            said = status
+        elif code is None and status != said:
+            typer.echo(f"session {current['name']!r} is {status}; waiting...")
+            said = status
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _fail(
+                f"session {current['name']!r} did not link within {timeout:g} s (status {status})",
+                code=1,
+            )
+        time.sleep(min(1.0, remaining))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.http.auth import Rule, Scope, api_routes, route_rule
+from enginehost.core.sessions.store import SessionNotFoundError
 from tests.support.api import ApiHarness, api_harness
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +80,16 @@ async def test_route_role_scope_matrix(tmp_path: Path) -> None:
             if not ok:
                 problems.append(what)
 
+        async def ensure_sessions() -> None:
+            # A DELETE route really deletes: give every route the same sessions to act on.
+            for name in ("alpha", "beta"):
+                try:
+                    await api.state.sessions.resolve(name)
+                except SessionNotFoundError:
+                    await api.session(name)
+
         for route, method in _routes(api):
+            await ensure_sessions()
             rule = route_rule(route)
             assert rule is not None
             path = _path(route, "alpha")
@@ -92,6 +102,7 @@ async def test_route_role_scope_matrix(tmp_path: Path) -> None:
             response = await _call(nobody, method, path)
             expect(response.status_code == 401, f"{name} without a key: {response.status_code}")
             for role, client in full.items():
+                await ensure_sessions()
                 response = await _call(client, method, path)
                 if role.allows(rule.role):
                     expect(
@@ -105,6 +116,7 @@ async def test_route_role_scope_matrix(tmp_path: Path) -> None:
                         f"{name} as {role} (below {rule.role}): {response.status_code}",
                     )
             for role, client in scoped.items():
+                await ensure_sessions()
                 response = await _call(client, method, path)
                 if not role.allows(rule.role):
                     expected = (403, "forbidden_role")
@@ -125,6 +137,7 @@ async def test_route_role_scope_matrix(tmp_path: Path) -> None:
                         got == expected, f"{name} as {role} limited to beta: {got} != {expected}"
                     )
                 if rule.scope is Scope.SESSION and role.allows(rule.role):
+                    await ensure_sessions()
                     own = await _call(client, method, _path(route, "beta"))
                     expect(
                         own.status_code not in (401, 403) and _code(own) != "session_not_found",

@@ -225,13 +225,15 @@ class MediaPayload:
 class SessionInfo:
     """What an engine object knows about the session it serves.
 
-    ``config`` is the session's own engine config (from the API), distinct from the
-    plugin's config blob (from the operator).
+    ``config`` is the session's own engine config (from the API, without the keys the
+    host itself owns, such as ``reconnect``), distinct from the plugin's config blob
+    (from the operator). ``proxy`` is the session's proxy (``{"url", "type"}``) if any.
     """
 
     id: str
     name: str
     config: Mapping[str, Any] = field(default_factory=dict)
+    proxy: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- events

@@ -46,6 +46,7 @@ from enginehost.core.engine import (
     SessionInfo,
     utc_now,
 )
+from enginehost.core.errors import ServiceError
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import bind_session, get_logger
 from enginehost.core.messages.inbound import InboundWriter
@@ -56,12 +57,36 @@ from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus, status_for
 from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
 from enginehost.core.settings import Settings
 
-__all__ = ["EngineFactory", "SessionManager"]
+__all__ = ["HOST_CONFIG_KEYS", "EngineFactory", "LogoutError", "SessionManager", "session_info"]
 
 log = get_logger("enginehost.sessions")
 
 RUNNING = "running"
 STOPPED = "stopped"
+
+
+HOST_CONFIG_KEYS = frozenset({"reconnect", "proxy"})
+"""Keys of a session's config the host owns; engines get the rest (and the proxy apart)."""
+
+
+def session_info(record: SessionRecord) -> SessionInfo:
+    """What an engine object is told about its session."""
+    config = {k: v for k, v in record.config.items() if k not in HOST_CONFIG_KEYS}
+    proxy = record.config.get("proxy")
+    return SessionInfo(
+        id=record.id,
+        name=record.name,
+        config=config,
+        proxy=proxy if isinstance(proxy, dict) else None,
+    )
+
+
+class LogoutError(ServiceError):
+    status_code = 409
+    default_code = "logout_failed"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"session {name!r} was stopped but could not be logged out: {reason}")
 
 
 class EngineFactory(Protocol):
@@ -230,9 +255,10 @@ class SessionManager:
     async def logout(self, session_key: str) -> SessionRecord:
         """Stop a session and wipe its engine auth: the next start shows a new QR."""
         record = await self.stop(session_key)
-        engine = self._engines.create_engine(
-            record.engine, SessionInfo(id=record.id, name=record.name, config=record.config)
-        )
+        try:
+            engine = self._engines.create_engine(record.engine, session_info(record))
+        except Exception as exc:  # the engine is gone, or refuses the session's config
+            raise LogoutError(record.name, str(exc)) from exc
         with anyio.move_on_after(self._settings.session_teardown_timeout) as scope:
             await engine.logout()
         if scope.cancelled_caught:
@@ -356,10 +382,7 @@ class SessionManager:
         record = await self._store.resolve(live.session_id)
         await self._transition(live.session_id, SessionStatus.INITIALIZING, "starting")
         try:
-            engine = self._engines.create_engine(
-                live.engine_name,
-                SessionInfo(id=record.id, name=record.name, config=record.config),
-            )
+            engine = self._engines.create_engine(live.engine_name, session_info(record))
         except Exception as exc:
             live.end_failure = f"cannot create the {live.engine_name} engine: {exc}"
             return
