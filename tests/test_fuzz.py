@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from enginehost.core.sessions.store import SessionNotFoundError
 from tests.support.api import ApiHarness, api_harness
 
 pytestmark = pytest.mark.slow
@@ -65,11 +66,20 @@ class FuzzTarget:
     def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(partial(function, *args, **kwargs))
 
+    def live_session_id(self) -> str:
+        """The fuzzed session, made again when a fuzzed DELETE removed it."""
+        try:
+            self.run(self.api.state.sessions.resolve, self.session_id)
+        except SessionNotFoundError:
+            self.serial += 1
+            self.session_id = self.run(self.api.session, f"fuzz-{self.serial}").id
+        return self.session_id
+
     def template_id(self) -> str | None:
         self.serial += 1
         response = self.run(
             self.client.post,
-            f"/api/sessions/{self.session_id}/templates",
+            f"/api/sessions/{self.live_session_id()}/templates",
             json={"name": f"fuzz-{self.serial}", "body": "Hello {{name}}"},
         )
         return str(response.json()["id"]) if response.status_code == 201 else None
@@ -170,7 +180,7 @@ def _use_real_ids(case: Any, target: FuzzTarget) -> None:
     if not parameters or target.cases[case.operation.label] % REAL_ID_SKIP == 0:
         return
     if "sessionId" in parameters:
-        parameters["sessionId"] = target.session_id
+        parameters["sessionId"] = target.live_session_id()
     if "templateId" in parameters:
         template_id = target.template_id()
         if template_id is not None:
@@ -186,6 +196,11 @@ def test_the_api_conforms_to_its_document(case: Any, fuzz_target: FuzzTarget) ->
     kwargs = case.as_transport_kwargs(base_url="http://test")
     method, url = kwargs.pop("method"), kwargs.pop("url")
     headers = dict(kwargs.pop("headers", None) or {})
+    # Generated header values may hold non-ASCII text, which a str cannot carry on the
+    # wire: send them as the UTF-8 bytes a real client would (the server must answer 4xx).
+    wire_headers: dict[str, str | bytes] = {
+        name: value if value.isascii() else value.encode("utf-8") for name, value in headers.items()
+    }
     cookies = kwargs.pop("cookies", None)
     if cookies:
         headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in cookies.items())
@@ -194,6 +209,8 @@ def test_the_api_conforms_to_its_document(case: Any, fuzz_target: FuzzTarget) ->
         kwargs["content"] = data
     elif data is not None:
         kwargs["data"] = data
-    response = fuzz_target.run(fuzz_target.client.request, method, url, headers=headers, **kwargs)
+    response = fuzz_target.run(
+        fuzz_target.client.request, method, url, headers=wire_headers, **kwargs
+    )
     fuzz_target.statuses[response.status_code] += 1
     case.validate_response(response, checks=CHECKS, headers=headers)

@@ -33,6 +33,7 @@ from enginehost.core.events import EventBus
 from enginehost.core.hooks_bridge import forward_events_to_hooks
 from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
+from enginehost.core.messages.send import SendService
 from enginehost.core.messages.store import MessageStore
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
@@ -220,20 +221,29 @@ async def build_state(
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     await keys.ensure_admin_key(data_dir, admin)
     sessions = SessionStore(databases.data)
+    messages = MessageStore(databases.data)
+    templates = TemplateService(databases.data, render_max_bytes=settings.template_render_max_bytes)
     bus = EventBus()
+    manager = SessionManager(sessions, plugins, bus, settings, messages)
     return AppState(
         plugins=plugins,
         version=__version__,
         keys=keys,
         sessions=sessions,
         bus=bus,
-        manager=SessionManager(sessions, plugins, bus, settings, MessageStore(databases.data)),
+        manager=manager,
+        send=SendService(
+            manager,
+            plugins,
+            messages,
+            templates,
+            media_max_bytes=settings.media_max_bytes,
+            allow_private_networks=settings.media_fetch_private_networks,
+        ),
         settings=settings,
         audit=AuditLog(databases.main, retention_days=settings.audit_retention_days),
         databases=databases,
-        templates=TemplateService(
-            databases.data, render_max_bytes=settings.template_render_max_bytes
-        ),
+        templates=templates,
     )
 
 

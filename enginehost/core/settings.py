@@ -137,6 +137,17 @@ class Settings(BaseSettings):
         le=1024 * 1024 * 1024,
         description="Largest request body accepted; larger is answered 413.",
     )
+    media_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest media a send may carry (base64 or fetched from a URL).",
+    )
+    media_fetch_private_networks: bool = Field(
+        False,
+        description="Let sends fetch media from loopback, private and link-local "
+        "addresses (off: only public addresses, so a key cannot probe internal hosts).",
+    )
     template_render_max_bytes: int = Field(
         65536,
         ge=1024,

@@ -17,10 +17,20 @@ from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases
 from enginehost.core.engine import utc_now
 from enginehost.core.events import EventBus
-from enginehost.core.http import audit, health, keys, plugins, settings, templates
+from enginehost.core.http import (
+    audit,
+    health,
+    keys,
+    messages,
+    plugins,
+    sessions,
+    settings,
+    templates,
+)
 from enginehost.core.http.errors import install_error_handlers
 from enginehost.core.http.middleware import install_middleware
 from enginehost.core.http.openapi import install_openapi
+from enginehost.core.messages.send import SendService
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
@@ -42,6 +52,7 @@ class AppState:
     audit: AuditLog
     bus: EventBus
     manager: SessionManager
+    send: SendService
     databases: Databases | None = None
     templates: TemplateService | None = None
     started_at: datetime = field(default_factory=utc_now)
@@ -65,7 +76,7 @@ def create_app(state: AppState) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app)
     audit.install_audit(app)
-    for module in (health, plugins, keys, settings, audit, templates):
+    for module in (health, plugins, keys, settings, audit, templates, sessions, messages):
         app.include_router(module.router, prefix="/api")
     install_openapi(app)
     return app
