@@ -59,9 +59,26 @@ class SandboxConfig(EngineConfig):
     fail_start: str | None = Field(
         None, description="When set, every engine start fails with this message."
     )
+    chatter_per_second: float = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Inbound messages per second a ready session receives from simulated "
+        "contacts (0: none), for load and crash tests.",
+    )
+    chatter_journal: Path | None = Field(
+        None,
+        description="A file each chatter message's id is appended to once the host has "
+        "taken it (its sink returned), so a test can check that none was lost.",
+    )
 
     _unset_when_empty = field_validator(
-        "auto_scan_seconds", "auth_dir", "fail_enable", "fail_start", mode="before"
+        "auto_scan_seconds",
+        "auth_dir",
+        "fail_enable",
+        "fail_start",
+        "chatter_journal",
+        mode="before",
     )(_empty_is_none)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import itertools
 import json
 import os
 import re
@@ -279,6 +280,39 @@ class SandboxEngine(Engine):
         self._link = _Link.READY
         self._linked.set()
         await self.emit(ReadyEvent(own_id=own_id, push_name=self.config.push_name))
+        if self.config.chatter_per_second > 0:
+            self.spawn(self._chatter, name=f"sandbox-chatter-{self.session.id}")
+
+    async def _chatter(self) -> None:
+        """Simulated contacts writing in, at the configured rate, until the engine closes.
+
+        Chatter is not kept in :attr:`received` (it could run for hours); with a journal,
+        each id is appended once the host's sink returned, i.e. once the host has it.
+        """
+        interval = 1.0 / self.config.chatter_per_second
+        journal = self.config.chatter_journal
+        handle = None
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            handle = journal.open("a", encoding="utf-8")
+        try:
+            for count in itertools.count():
+                contact = f"1555{count % 50:07d}@c.us"
+                message = EngineMessage(
+                    message_id=self._new_id("3EB0", 8),
+                    chat_id=contact,
+                    sender=contact,
+                    from_me=False,
+                    body=f"chatter {count}",
+                )
+                await self.emit(MessageEvent(message=message))
+                if handle is not None:
+                    handle.write(f"{self.session.id} {message.message_id}\n")
+                    handle.flush()
+                await anyio.sleep(interval)
+        finally:
+            if handle is not None:
+                handle.close()
 
     async def _emit_qr(self) -> None:
         ref = "2@" + base64.b64encode(secrets.token_bytes(36)).decode("ascii")
