@@ -378,6 +378,10 @@ async def test_messages_and_acks_are_stored_once_and_published(
         assert by_id[sent.message_id].status == "read"
         types = [e.type for e in h.events if e.type.startswith("message.")]
         assert types.count("message.received") == 1
+        active = await h.store.resolve(record.id)
+        assert active.last_active is not None
+        assert active.connected_at is not None
+        assert active.last_active > active.connected_at  # moved by the messages
         assert types.count("message.sent") == 2
 
 

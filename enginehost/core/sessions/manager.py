@@ -61,6 +61,7 @@ __all__ = ["HOST_CONFIG_KEYS", "EngineFactory", "LogoutError", "SessionManager",
 
 log = get_logger("enginehost.sessions")
 
+LAST_ACTIVE_INTERVAL = 60.0
 RUNNING = "running"
 STOPPED = "stopped"
 
@@ -117,6 +118,7 @@ class _Live:
     attempt: int = 0
     qr: str | None = None
     pairing_code: str | None = None
+    last_active_written: float = 0.0
     final_status: SessionStatus = SessionStatus.DISCONNECTED
     final_reason: str | None = None
     teardown_problem: str | None = None
@@ -501,6 +503,7 @@ class SessionManager:
         """Store a message or an ack (re-fired events are harmless), then publish it."""
         if self._messages is None:
             return
+        await self._touch_last_active(live)
         if isinstance(event, AckEvent):
             updated = await self._messages.apply_ack(
                 live.session_id, event.message_id, event.status
@@ -529,6 +532,15 @@ class SessionManager:
                 "message.sent",
                 {"message": event.message, "id": record.id, "messageId": record.message_id},
             )
+
+    async def _touch_last_active(self, live: _Live) -> None:
+        """Record message activity in ``lastActive``, at most once a minute per session
+        (a busy session must not turn every message into a session-row write)."""
+        now = time.monotonic()
+        if now - live.last_active_written < LAST_ACTIVE_INTERVAL:
+            return
+        live.last_active_written = now
+        await self._store.update(live.session_id, last_active=utc_now())
 
     # ------------------------------------------------------------------ status
 
