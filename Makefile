@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/inbound.py
+	$(BIN)/python bench/send.py
+	$(BIN)/python bench/sessions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,408 @@
+"""Sends per second through the REST API of a real daemon, against a trivial request.
+
+A real ``enginehost serve --port 0`` child process (sandbox engine, one session linked
+at once, acks 50 ms apart) takes a fixed number of keep-alive requests in flight from
+this process (httpx, one pool) for a fixed time after a warm-up: first the trivial
+authenticated ``GET /api/sessions/{id}`` (the baseline: HTTP, auth, one keyed read),
+then ``POST .../messages/send-text`` (a pending row, the engine call, its own-message
+echo merged, three acks later). Printed per case: requests/s, p50/p99 latency, non-2xx
+answers, and CPU time per request of the daemon (all threads, from /proc) and of this
+process. Targets: sends >= 1,000/s and >= 0.4 of the trivial rate, no non-2xx answer.
+The load generator and the daemon share this machine's cores, so both rates are lower
+than a daemon alone would reach; the ratios are what compare.
+
+    python bench/send.py [--concurrency C] [--seconds S] [--warmup W] [--postgres-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+SEND_TARGET = 1000.0
+RATIO_TARGET = 0.4
+_BOOT_TIMEOUT = 60.0
+_READY_TIMEOUT = 30.0
+
+
+# ------------------------------------------------------------------------------ daemon
+
+
+def _listening_port(pid: int) -> int | None:
+    """The TCP port process ``pid`` listens on, from /proc (the log is at warning level,
+    so the daemon does not say which port ``--port 0`` picked)."""
+    inodes: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                        return int(fields[1].rsplit(":", 1)[1], 16)
+        except OSError:
+            continue
+    return None
+
+
+class _Daemon:
+    """``enginehost serve --port 0`` in a child process, stopped by its own PID only."""
+
+    def __init__(self, env: dict[str, str], command_prefix: list[str] | None = None) -> None:
+        prefix = command_prefix or [sys.executable]
+        self.process = subprocess.Popen(
+            [*prefix, "-m", "enginehost", "serve", "--port", "0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stderr: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.port: int | None = None
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    def _exited(self) -> RuntimeError:
+        return RuntimeError(
+            f"the daemon exited ({self.process.returncode}):\n" + "".join(self.stderr[-40:])
+        )
+
+    def wait_ready(self, timeout: float = _BOOT_TIMEOUT) -> str:
+        """Wait for the port and for ``/api/health/ready`` to answer 200; return the URL."""
+        deadline = time.monotonic() + timeout
+        while self.port is None:
+            if self.process.poll() is not None:
+                raise self._exited()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon did not listen within {timeout:.0f} s")
+            self.port = _listening_port(self.process.pid)
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{self.port}"
+        while True:
+            if self.process.poll() is not None:
+                raise self._exited()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/api/health/ready", timeout=2).status_code == 200:
+                    return url
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon was not ready within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; both by this child's PID."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def daemon_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEHOST_")}
+    env.update(
+        ENGINEHOST_DATA_DIR=str(data_dir),
+        ENGINEHOST_DEFAULT_ENGINE="sandbox",
+        ENGINEHOST_ENGINES__SANDBOX__AUTO_SCAN_SECONDS="0",
+        ENGINEHOST_ENGINES__SANDBOX__ACK_DELAY_SECONDS="0.05",
+        ENGINEHOST_LOG_LEVEL="warning",
+        ENGINEHOST_LOG_FORMAT="json",
+    )
+    if database_url is not None:
+        env["ENGINEHOST_DATABASE_URL"] = database_url
+    return env
+
+
+@contextlib.contextmanager
+def running_daemon(
+    data_dir: Path, database_url: str | None, command_prefix: list[str] | None = None
+) -> Iterator[tuple[_Daemon, str, str]]:
+    """A ready daemon, its base URL and the admin key it wrote on first boot."""
+    daemon = _Daemon(daemon_env(data_dir, database_url), command_prefix)
+    try:
+        url = daemon.wait_ready()
+        key = (data_dir / "admin-api-key").read_text().strip()
+        yield daemon, url, key
+    finally:
+        code = daemon.stop()
+        if code not in (0, None):
+            print(f"  (daemon exit code {code})", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------ load
+
+
+@dataclass
+class Figures:
+    rate: float
+    count: int
+    p50_ms: float
+    p99_ms: float
+    non_2xx: dict[str, int] = field(default_factory=dict)
+    daemon_cpu_ms: float = float("nan")
+    """Daemon CPU time (user + system, all threads) per counted request."""
+    client_cpu_ms: float = float("nan")
+    """This process's CPU time (the load generator) per counted request."""
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _ready_session(client: httpx.AsyncClient) -> str:
+    answer = await client.post(
+        "/api/sessions",
+        json={"name": f"bench-{uuid.uuid4().hex[:8]}", "engine": "sandbox", "start": True},
+    )
+    answer.raise_for_status()
+    session_id = str(answer.json()["id"])
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while True:
+        status = (await client.get(f"/api/sessions/{session_id}")).json()["status"]
+        if status == "ready":
+            return session_id
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the session is {status!r}, not ready, after {_READY_TIMEOUT} s")
+        await asyncio.sleep(0.05)
+
+
+async def _drive(
+    request: Callable[[int], Any],
+    daemon_pid: int,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+) -> Figures:
+    """``concurrency`` workers, each issuing one request after the other; counted are the
+    requests that end within the ``seconds`` after ``warmup``."""
+    started = time.perf_counter()
+    measure_from = started + warmup
+    stop_at = measure_from + seconds
+    latencies: list[float] = []
+    non_2xx: dict[str, int] = {}
+    first_failures: dict[str, str] = {}
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal counter
+        while True:
+            begun = time.perf_counter()
+            if begun >= stop_at:
+                return
+            counter += 1
+            try:
+                answer = await request(counter)
+                outcome = None if 200 <= answer.status_code < 300 else str(answer.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+                first_failures.setdefault(
+                    outcome, f"{exc!r} after {time.perf_counter() - begun:.3f} s"
+                )
+            ended = time.perf_counter()
+            if outcome is not None:
+                non_2xx[outcome] = non_2xx.get(outcome, 0) + 1
+                if outcome.isdigit():
+                    first_failures.setdefault(outcome, answer.text[:300])
+            elif measure_from <= ended <= stop_at:
+                latencies.append(ended - begun)
+
+    cpu: list[tuple[float, float]] = []
+
+    async def cpu_meter() -> None:
+        for moment in (measure_from, stop_at):
+            await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+            cpu.append((_process_cpu(daemon_pid), time.process_time()))
+
+    async with asyncio.timeout(warmup + seconds + 60):
+        await asyncio.gather(cpu_meter(), *(worker() for _ in range(concurrency)))
+    for outcome, detail in first_failures.items():
+        print(f"  first {outcome}: {detail}", file=sys.stderr)
+    latencies.sort()
+    if not latencies:
+        return Figures(0.0, 0, float("nan"), float("nan"), non_2xx)
+    count = len(latencies)
+    return Figures(
+        rate=count / seconds,
+        count=count,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(count - 1, int(count * 0.99))] * 1000,
+        non_2xx=non_2xx,
+        daemon_cpu_ms=(cpu[1][0] - cpu[0][0]) / count * 1000,
+        client_cpu_ms=(cpu[1][1] - cpu[0][1]) / count * 1000,
+    )
+
+
+async def _measure(
+    url: str, key: str, daemon_pid: int, concurrency: int, warmup: float, seconds: float
+) -> dict[str, Figures]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=30
+    ) as client:
+        session_id = await _ready_session(client)
+        trivial_path = f"/api/sessions/{session_id}"
+        send_path = f"/api/sessions/{session_id}/messages/send-text"
+
+        def trivial(_: int) -> Any:
+            return client.get(trivial_path)
+
+        def send(index: int) -> Any:
+            return client.post(
+                send_path,
+                json={"chatId": f"1555000{index % 10_000:04d}@c.us", "text": "hello, bench"},
+            )
+
+        figures = {"trivial": await _drive(trivial, daemon_pid, concurrency, warmup, seconds)}
+        figures["send"] = await _drive(send, daemon_pid, concurrency, warmup, seconds)
+        return figures
+
+
+# ------------------------------------------------------------------------------ postgres
+
+
+def _admin_engine(url: str) -> sa.Engine:
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def postgres_schema_url(url: str) -> tuple[str, str]:
+    """A fresh ``bench_<hex>`` schema and ``url`` scoped to it by its search path."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = _admin_engine(url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    admin.dispose()
+    scoped = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return scoped.render_as_string(hide_password=False), schema
+
+
+def drop_schema(url: str, schema: str) -> None:
+    admin = _admin_engine(url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def _line(name: str, figures: Figures) -> str:
+    return (
+        f"  {name:38s} {figures.rate:8,.0f} req/s ({figures.count:,})   "
+        f"p50 {figures.p50_ms:6.1f} ms   p99 {figures.p99_ms:6.1f} ms   "
+        f"non-2xx {sum(figures.non_2xx.values())}"
+        + (f" {figures.non_2xx}" if figures.non_2xx else "")
+        + f"\n  {'':38s} CPU per request: daemon {figures.daemon_cpu_ms:5.2f} ms, "
+        f"load generator {figures.client_cpu_ms:5.2f} ms"
+    )
+
+
+def run_backend(
+    name: str, url: str | None, concurrency: int, warmup: float, seconds: float
+) -> bool:
+    """Measure one backend and print its figures; True when every target is met."""
+    schema = None
+    admin_url = url
+    if url is not None:
+        url, schema = postgres_schema_url(url)
+    try:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            running_daemon(Path(directory), url) as (daemon, base_url, key),
+        ):
+            figures = asyncio.run(
+                _measure(base_url, key, daemon.process.pid, concurrency, warmup, seconds)
+            )
+    finally:
+        if schema is not None and admin_url is not None:
+            drop_schema(admin_url, schema)
+    # The log is at warning level: anything there but the first boot's key notice is news.
+    problems = [
+        line.strip()
+        for line in daemon.stderr
+        if line.strip() and "auth.initial_admin_key_created" not in line
+    ]
+    trivial, send = figures["trivial"], figures["send"]
+    ratio = send.rate / trivial.rate if trivial.rate else 0.0
+    errors = sum(trivial.non_2xx.values()) + sum(send.non_2xx.values())
+    rate_met = send.rate >= SEND_TARGET
+    ratio_met = ratio >= RATIO_TARGET
+    print(f"{name}:")
+    print(_line("GET /api/sessions/{id} (baseline)", trivial))
+    print(_line("POST .../messages/send-text", send))
+    cpu_ratio = trivial.daemon_cpu_ms / send.daemon_cpu_ms if send.daemon_cpu_ms else 0.0
+    print(
+        f"  ratio send/trivial: {ratio:.2f} (rates)   "
+        f"{cpu_ratio:.2f} (inverse ratio of daemon CPU per request)"
+    )
+    print(
+        f"  target send >= {SEND_TARGET:,.0f}/s: {'met' if rate_met else 'NOT met'}   "
+        f"target ratio >= {RATIO_TARGET}: {'met' if ratio_met else 'NOT met'}   "
+        f"non-2xx = 0: {'met' if errors == 0 else 'NOT met'}"
+    )
+    if problems:
+        print(f"  daemon log: {len(problems)} warning/error line(s), the first ones:")
+        for line in problems[:5]:
+            print(f"    {line[:300]}")
+    return rate_met and ratio_met and errors == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per case")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per case")
+    parser.add_argument("--postgres-url", default=os.environ.get("ENGINEHOST_TEST_POSTGRES_URL"))
+    args = parser.parse_args()
+
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"{args.concurrency} requests in flight (httpx, keep-alive, one pool), "
+        f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per case; "
+        f"the load generator and the daemon share {cores} core(s)"
+    )
+    backends: list[tuple[str, str | None]] = [("sqlite", None)]
+    if args.postgres_url:
+        backends.append(("postgresql", args.postgres_url))
+    for name, url in backends:
+        run_backend(name, url, args.concurrency, args.warmup, args.seconds)
+    if not args.postgres_url:
+        print("postgresql skipped: pass --postgres-url or set ENGINEHOST_TEST_POSTGRES_URL")
+
+
+if __name__ == "__main__":
+    main()
