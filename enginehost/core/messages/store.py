@@ -533,20 +533,32 @@ class MessageStore:
                 "timestamp": timestamp,
                 "updated_at": max(utc_now(), record.created_at),
             }
-            try:
-                with session.begin_nested():
-                    _set(session, record.id, **values)
-            except IntegrityError as exc:
-                if not _violates(exc, UNIQUE_MESSAGE_ID_INDEX):
-                    raise
-                echo = _by_message_id(session, record.session_id, message_id, lock=True)
-                if echo is not None:
-                    values["status"] = advance(values["status"], echo.status)
-                    values["idempotency_key"] = record.idempotency_key or echo.idempotency_key
-                    values["raw"] = record.raw or echo.raw
-                    values["quoted_message_id"] = record.quoted_message_id or echo.quoted_message_id
-                    session.exec(delete(MessageRecord).where(col(MessageRecord.id) == echo.id))
+
+            def merge_echo(echo: MessageRecord) -> None:
+                values["status"] = advance(values["status"], echo.status)
+                values["idempotency_key"] = record.idempotency_key or echo.idempotency_key
+                values["raw"] = record.raw or echo.raw
+                values["quoted_message_id"] = record.quoted_message_id or echo.quoted_message_id
+                session.exec(delete(MessageRecord).where(col(MessageRecord.id) == echo.id))
+
+            # Engines usually echo a send before it returns: look for the echo first, so
+            # the common case merges without a failed statement and a savepoint rollback.
+            echo = _by_message_id(session, record.session_id, message_id, lock=True)
+            if echo is not None:
+                merge_echo(echo)
                 _set(session, record.id, **values)
+            else:
+                try:
+                    with session.begin_nested():
+                        _set(session, record.id, **values)
+                except IntegrityError as exc:
+                    # The echo was stored between the look-up and the update.
+                    if not _violates(exc, UNIQUE_MESSAGE_ID_INDEX):
+                        raise
+                    echo = _by_message_id(session, record.session_id, message_id, lock=True)
+                    if echo is not None:
+                        merge_echo(echo)
+                    _set(session, record.id, **values)
             stored = _by_id(session, record.id)
             assert stored is not None
             return stored
