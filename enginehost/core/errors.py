@@ -30,3 +30,8 @@ class ServiceError(Exception):
     def extra(self) -> dict[str, Any]:
         """Details for the error body beyond ``statusCode``/``message``/``code``."""
         return {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the answer should carry (a ``Retry-After``, say)."""
+        return {}

@@ -133,6 +133,7 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body(exc.status_code, exc.message, code=exc.code, **exc.extra),
         status_code=exc.status_code,
+        headers=exc.headers or None,
     )
 
 

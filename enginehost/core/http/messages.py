@@ -40,7 +40,6 @@ from enginehost.core.messages.send import (
     SendReceipt,
     SendService,
     SendValidationError,
-    SessionReconnectingError,
     check_chat_id,
 )
 from enginehost.core.messages.store import HISTORY_LIMIT_MAX
@@ -309,20 +308,6 @@ def _message(record: StoredMessage) -> MessageOut:
     )
 
 
-async def _run(request: Request, call: Any) -> Any:
-    """Await a service call; a reconnecting session also gets a ``Retry-After`` header."""
-    try:
-        return await call
-    except SessionReconnectingError as exc:
-        raise ApiError(
-            exc.status_code,
-            exc.message,
-            code=exc.code,
-            extra=exc.extra,
-            headers={"Retry-After": str(exc.retry_after)},
-        ) from None
-
-
 _Responses = dict[int | str, dict[str, Any]]
 
 _SEND_ERRORS: _Responses = {
@@ -368,14 +353,11 @@ async def send_text(
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Send `text` to `chatId`."""
-    receipt = await _run(
-        request,
-        send_service(request).send_text(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            text=payload.text,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).send_text(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        text=payload.text,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -388,19 +370,16 @@ async def _send_media(
     idempotency_key: str | None,
     media_type: MessageType,
 ) -> SendResult:
-    receipt = await _run(
-        request,
-        send_service(request).send_media(
-            access.require_session(),
-            type=media_type,
-            chat_id=payload.chat_id,
-            url=payload.url,
-            base64=payload.base64,
-            mimetype=payload.mimetype,
-            filename=payload.filename,
-            caption=payload.caption,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).send_media(
+        access.require_session(),
+        type=media_type,
+        chat_id=payload.chat_id,
+        url=payload.url,
+        base64=payload.base64,
+        mimetype=payload.mimetype,
+        filename=payload.filename,
+        caption=payload.caption,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -521,15 +500,12 @@ async def send_location(
     access: Operator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
-    receipt = await _run(
-        request,
-        send_service(request).send_location(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            latitude=payload.latitude,
-            longitude=payload.longitude,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).send_location(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        latitude=payload.latitude,
+        longitude=payload.longitude,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -548,15 +524,12 @@ async def send_contact(
     access: Operator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
-    receipt = await _run(
-        request,
-        send_service(request).send_contact(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            contact_name=payload.contact_name,
-            contact_number=payload.contact_number,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).send_contact(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        contact_name=payload.contact_name,
+        contact_number=payload.contact_number,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -584,16 +557,13 @@ async def send_template(
 ) -> SendResult:
     """Render the session's template (by `templateId` or `templateName`, exactly one) with
     `vars` and send the text, as `send-text` would (an engine needs `send_text`)."""
-    receipt = await _run(
-        request,
-        send_service(request).send_template(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            template_id=payload.template_id,
-            template_name=payload.template_name,
-            variables=payload.vars,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).send_template(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        template_id=payload.template_id,
+        template_name=payload.template_name,
+        variables=payload.vars,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -613,15 +583,12 @@ async def reply(
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Send `text` to `chatId`, quoting the message `quotedMessageId` (an engine id)."""
-    receipt = await _run(
-        request,
-        send_service(request).reply(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            quoted_message_id=payload.quoted_message_id,
-            text=payload.text,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).reply(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        quoted_message_id=payload.quoted_message_id,
+        text=payload.text,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -641,15 +608,12 @@ async def forward(
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Forward the message `messageId` of `fromChatId` to `toChatId`."""
-    receipt = await _run(
-        request,
-        send_service(request).forward(
-            access.require_session(),
-            from_chat_id=payload.from_chat_id,
-            to_chat_id=payload.to_chat_id,
-            message_id=payload.message_id,
-            idempotency_key=idempotency_key,
-        ),
+    receipt = await send_service(request).forward(
+        access.require_session(),
+        from_chat_id=payload.from_chat_id,
+        to_chat_id=payload.to_chat_id,
+        message_id=payload.message_id,
+        idempotency_key=idempotency_key,
     )
     return _result(receipt, response)
 
@@ -665,14 +629,11 @@ async def react(request: Request, payload: ReactRequest, access: Operator) -> Ac
 
     No message is stored and `Idempotency-Key` is ignored: repeating it is harmless.
     """
-    await _run(
-        request,
-        send_service(request).react(
-            access.require_session(),
-            chat_id=payload.chat_id,
-            message_id=payload.message_id,
-            emoji=payload.emoji,
-        ),
+    await send_service(request).react(
+        access.require_session(),
+        chat_id=payload.chat_id,
+        message_id=payload.message_id,
+        emoji=payload.emoji,
     )
     return ActionResult()
 
@@ -690,11 +651,8 @@ async def delete_message(
 
     No message is stored and `Idempotency-Key` is ignored: repeating it is harmless.
     """
-    await _run(
-        request,
-        send_service(request).delete(
-            access.require_session(), chat_id=payload.chat_id, message_id=payload.message_id
-        ),
+    await send_service(request).delete(
+        access.require_session(), chat_id=payload.chat_id, message_id=payload.message_id
     )
     return ActionResult()
 

@@ -219,6 +219,10 @@ class SessionReconnectingError(SendError):
             "retryAfter": self.retry_after,
         }
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
 
 class NotSupportedError(SendError):
     """The session's engine does not declare the capability a send needs."""
