@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["ServiceError"]
+__all__ = ["FieldError", "ServiceError"]
 
 
 class ServiceError(Exception):
@@ -35,3 +35,20 @@ class ServiceError(Exception):
     def headers(self) -> dict[str, str]:
         """Response headers the answer should carry (a ``Retry-After``, say)."""
         return {}
+
+
+class FieldError(ServiceError):
+    """A value the caller gave is not acceptable: 422, naming the field like the API's
+    own validation errors do (``errors: [{path, message}]``)."""
+
+    status_code = 422
+    default_code = "validation_failed"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"errors": [{"path": self.field, "message": self.problem}]}

@@ -63,7 +63,7 @@ from enginehost.core.engine import (
     SendResult,
     UnsupportedOperationError,
 )
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.logging import get_logger
 from enginehost.core.messages.models import (
     CHAT_ID_MAX,
@@ -165,20 +165,8 @@ class SendError(ServiceError):
     """Base class of the errors a send answers with."""
 
 
-class SendValidationError(SendError):
+class SendValidationError(SendError, FieldError):
     """A value given for a send is not acceptable; ``field`` is the API's name for it."""
-
-    status_code = 422
-    default_code = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"errors": [{"path": self.field, "message": self.problem}]}
 
 
 class SessionNotReadyError(SendError):

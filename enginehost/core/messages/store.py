@@ -47,7 +47,7 @@ from sqlmodel import Session, and_, col, delete, func, or_, select, update
 
 from enginehost.core.db.database import Database
 from enginehost.core.engine import AckStatus, EngineMessage, MessageType, utc_now
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.messages.models import (
     CHAT_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
@@ -107,20 +107,8 @@ class MessageNotFoundError(MessageError):
     default_code = "message_not_found"
 
 
-class MessageValidationError(MessageError):
+class MessageValidationError(MessageError, FieldError):
     """A value given to the store is not acceptable; ``field`` says which."""
-
-    status_code = 422
-    default_code = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"errors": [{"path": self.field, "message": self.problem}]}
 
 
 class InvalidCursorError(MessageError):

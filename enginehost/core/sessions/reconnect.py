@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from enginehost.core.backoff import Backoff
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import FieldError
 
 __all__ = ["ReconnectPolicy", "ReconnectSettingsError"]
 
@@ -30,18 +30,8 @@ _LIMITS = (
 )
 
 
-class ReconnectSettingsError(ServiceError):
-    status_code = 422
-    default_code = "validation_failed"
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"errors": [{"path": self.path, "message": self.problem}]}
+class ReconnectSettingsError(FieldError):
+    """A session's reconnect overrides are not acceptable; ``field`` names the key."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import FieldError, ServiceError
 
 __all__ = [
     "TemplateError",
@@ -52,20 +52,8 @@ class TemplateNameTakenError(TemplateError):
         return {"name": self.name}
 
 
-class TemplateValidationError(TemplateError):
+class TemplateValidationError(TemplateError, FieldError):
     """A value given to the template service is not acceptable; ``field`` says which."""
-
-    status_code = 422
-    default_code = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"errors": [{"path": self.field, "message": self.problem}]}
 
 
 class TemplateRenderError(TemplateError):
