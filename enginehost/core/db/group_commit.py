@@ -1,0 +1,157 @@
+"""Group commit: write operations of many callers share one transaction.
+
+A caller hands over a small synchronous operation (a function of a SQLAlchemy
+:class:`~sqlalchemy.engine.Connection`) and waits for its result. Whatever is queued
+when the database is free runs as one batch, in queue order, in one transaction. Under
+load this turns a transaction per operation into one per batch (on SQLite a commit and
+the write lock cost more than a small statement); a lone operation runs at once, with
+no timer.
+
+There is no background task: the caller that finds the queue idle *leads*. It runs one
+batch (its own operation first), then hands the lead to the first caller still queued,
+or marks the queue idle. Waiting is shielded from cancellation, so a caller that goes
+away can neither lose a hand-off nor leave its operation half-decided.
+
+Operations of one :class:`GroupCommit` never run concurrently with each other, which
+makes read-then-write operations free of races between them. They may be run twice
+(see below), so they must compute everything from what they read, and must not keep
+state of their own across runs.
+
+Failures stay with their operation:
+
+* An exception of the ``refusals`` types (a caller's mistake found by reading, say) is
+  the result of that operation alone; the batch goes on. An operation must raise those
+  only *before* its first write.
+* :class:`~enginehost.core.db.errors.DatabaseError` (the database is busy or down) fails
+  every operation of the batch: running them again would not help.
+* Any other exception rolls the whole batch back; then each operation runs again alone,
+  in its own transaction, so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+from sqlalchemy.engine import Connection
+
+from enginehost.core.db.database import Database
+from enginehost.core.db.errors import DatabaseError
+
+__all__ = ["GroupCommit", "Operation"]
+
+T = TypeVar("T")
+
+Operation = Callable[[Connection], T]
+"""A unit of writing: statements on the connection, no commit, no rollback."""
+
+
+@dataclass(eq=False, slots=True)
+class _Queued(Generic[T]):
+    operation: Operation[T]
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    promoted: bool = False
+    finished: bool = False
+    result: T | None = None
+    error: BaseException | None = None
+
+    def finish(self, result: T | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.finished = result, error, True
+        self.wake.set()
+
+
+class GroupCommit:
+    """One queue of write operations on one database (see the module docs)."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_batch: int = 256,
+        refusals: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._database = database
+        self._max_batch = max_batch
+        self._refusals = refusals
+        self._queue: deque[_Queued[Any]] = deque()
+        self._leading = False
+        self.batches = 0
+        """Transactions committed or attempted for batches so far (for tests and metrics)."""
+        self.operations = 0
+        """Operations finished so far, whatever their outcome."""
+
+    async def submit(self, operation: Operation[T]) -> T:
+        """Run ``operation`` in the next batch; its result, or its exception."""
+        queued: _Queued[T] = _Queued(operation)
+        self._queue.append(queued)
+        with anyio.CancelScope(shield=True):
+            if not self._leading:
+                self._leading = True
+                await self._lead()
+            while not queued.finished:
+                await queued.wake.wait()
+                queued.wake = anyio.Event()
+                if queued.promoted:
+                    queued.promoted = False
+                    await self._lead()
+        if queued.error is not None:
+            raise queued.error
+        return queued.result  # type: ignore[return-value]  # T, set by finish()
+
+    async def _lead(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+        try:
+            await self._run(batch)
+        except BaseException as exc:  # a bug here must not strand the waiting callers
+            for queued in batch:
+                if not queued.finished:
+                    queued.finish(error=exc)
+            raise
+        finally:
+            if self._queue:
+                successor = self._queue[0]
+                successor.promoted = True
+                successor.wake.set()
+            else:
+                self._leading = False
+
+    async def _run(self, batch: list[_Queued[Any]]) -> None:
+        refusals = self._refusals
+        outcomes: list[tuple[Any, BaseException | None]] = []
+
+        def work(connection: Connection) -> None:
+            for queued in batch:
+                try:
+                    outcomes.append((queued.operation(connection), None))
+                except refusals as exc:
+                    outcomes.append((None, exc))
+
+        self.batches += 1
+        try:
+            await self._database.run_connection(work)
+        except DatabaseError as exc:
+            for queued in batch:
+                queued.finish(error=exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].finish(error=exc)
+            else:
+                # Rolled back: run each alone, so only the operation at fault fails.
+                for queued in batch:
+                    await self._run_alone(queued)
+        else:
+            for queued, (result, error) in zip(batch, outcomes, strict=True):
+                queued.finish(result, error)
+        self.operations += len(batch)
+
+    async def _run_alone(self, queued: _Queued[Any]) -> None:
+        self.batches += 1
+        try:
+            queued.finish(await self._database.run_connection(queued.operation))
+        except Exception as exc:
+            queued.finish(error=exc)

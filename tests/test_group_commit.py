@@ -1,0 +1,188 @@
+"""Group commit: shared transactions, queue order, failures kept to their operation, a
+queue that survives cancelled callers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from enginehost.core.db.errors import DatabaseBusyError
+from enginehost.core.db.group_commit import GroupCommit
+
+pytestmark = pytest.mark.anyio
+
+
+class Refused(Exception):
+    """A refusal: raised by an operation before it wrote anything."""
+
+
+@pytest.fixture
+def db(data_db: Any) -> Iterator[Any]:
+    data_db.run_connection_sync(lambda c: c.execute(text("CREATE TABLE gc_rows (n INTEGER)")))
+    yield data_db
+
+
+def rows(db: Any) -> list[int]:
+    return sorted(
+        db.run_connection_sync(
+            lambda c: [r[0] for r in c.execute(text("SELECT n FROM gc_rows"))], readonly=True
+        )
+    )
+
+
+def insert(n: int, then: Callable[[], None] | None = None) -> Callable[[Connection], int]:
+    def operation(connection: Connection) -> int:
+        connection.execute(text("INSERT INTO gc_rows (n) VALUES (:n)"), {"n": n})
+        if then is not None:
+            then()
+        return n * 10
+
+    return operation
+
+
+async def test_concurrent_operations_share_transactions_in_order(db: Any) -> None:
+    group = GroupCommit(db)
+    order: list[int] = []
+    results: dict[int, int] = {}
+
+    async def submit(n: int) -> None:
+        results[n] = await group.submit(insert(n, lambda: order.append(n)))
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(100):
+            tasks.start_soon(submit, n)
+    assert results == {n: n * 10 for n in range(100)}
+    assert rows(db) == list(range(100))
+    assert group.operations == 100
+    assert group.batches <= 100 / 5, group.batches  # grouped, not one commit each
+    # Each batch runs in arrival order; the first caller leads alone.
+    assert order[0] == 0 and sorted(order) == list(range(100))
+
+
+async def test_a_lone_operation_runs_at_once(db: Any) -> None:
+    group = GroupCommit(db)
+    assert await group.submit(insert(7)) == 70
+    assert (group.batches, group.operations) == (1, 1)
+    assert rows(db) == [7]
+
+
+async def test_max_batch_is_respected(db: Any) -> None:
+    group = GroupCommit(db, max_batch=3)
+    async with anyio.create_task_group() as tasks:
+        for n in range(12):
+            tasks.start_soon(group.submit, insert(n))
+    assert rows(db) == list(range(12))
+    assert group.batches >= 4
+
+
+async def test_a_refusal_fails_its_operation_alone_and_the_batch_commits(db: Any) -> None:
+    group = GroupCommit(db, refusals=(Refused,))
+    outcomes: dict[int, object] = {}
+
+    def refuse(connection: Connection) -> int:
+        raise Refused("no")
+
+    async def submit(n: int) -> None:
+        try:
+            outcomes[n] = await group.submit(refuse if n == 5 else insert(n))
+        except Refused as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(10):
+            tasks.start_soon(submit, n)
+    assert isinstance(outcomes.pop(5), Refused)
+    assert outcomes == {n: n * 10 for n in range(10) if n != 5}
+    assert rows(db) == [n for n in range(10) if n != 5]
+    # No batch was rolled back and run again: every operation ran exactly once.
+    assert group.batches < 10
+
+
+async def test_a_failing_operation_is_rolled_back_alone(db: Any) -> None:
+    group = GroupCommit(db, refusals=(Refused,))
+    runs: dict[int, int] = {}
+    outcomes: dict[int, object] = {}
+
+    def count(n: int) -> Callable[[], None]:
+        def counted() -> None:
+            runs[n] = runs.get(n, 0) + 1
+            if n == 3:
+                raise RuntimeError("operation 3 broke after writing")
+
+        return counted
+
+    async def submit(n: int) -> None:
+        try:
+            outcomes[n] = await group.submit(insert(n, count(n)))
+        except RuntimeError as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(8):
+            tasks.start_soon(submit, n)
+    assert isinstance(outcomes.pop(3), RuntimeError)
+    assert outcomes == {n: n * 10 for n in range(8) if n != 3}
+    # Operation 3's row went with the rollback; the others were run again alone.
+    assert rows(db) == [n for n in range(8) if n != 3]
+    assert any(times == 2 for times in runs.values()), runs
+
+
+async def test_an_unavailable_database_fails_the_whole_batch_and_the_queue_recovers(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupCommit(db)
+    real = db.run_connection
+    failures = 1
+
+    async def flaky(work: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise DatabaseBusyError("the data database is busy: locked")
+        return await real(work, **kwargs)
+
+    monkeypatch.setattr(db, "run_connection", flaky)
+    with pytest.raises(DatabaseBusyError):
+        await group.submit(insert(1))
+    assert await group.submit(insert(2)) == 20
+    assert rows(db) == [2]
+
+
+async def test_a_cancelled_caller_neither_loses_its_operation_nor_stalls_the_queue(
+    db: Any,
+) -> None:
+    group = GroupCommit(db)
+    release = threading.Event()
+    results: list[int] = []
+
+    async def submit(n: int, then: Callable[[], None] | None = None) -> None:
+        results.append(await group.submit(insert(n, then)))
+
+    caller_2 = anyio.CancelScope()
+
+    async def submit_2() -> None:
+        with caller_2:
+            await submit(2)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            # The leader's operation blocks its batch until released.
+            tasks.start_soon(submit, 1, lambda: release.wait(10) or None)
+            await anyio.sleep(0.1)
+            tasks.start_soon(submit_2)  # queued behind the leader
+            await anyio.sleep(0.05)
+            tasks.start_soon(submit, 3)
+            await anyio.sleep(0.05)
+            caller_2.cancel()  # caller 2 goes away while waiting
+            await anyio.sleep(0.05)
+            release.set()
+    # The cancelled caller's operation still ran (once queued it is decided), and the
+    # operation queued after it was not stranded.
+    assert rows(db) == [1, 2, 3]
+    assert sorted(results) == [10, 20, 30]  # shielded: caller 2 saw its result too
