@@ -1,32 +1,38 @@
-"""The message store: every message of every session, each call one transaction.
+"""The message store: every message of every session.
 
 The store is engine-neutral (it never calls an engine); the session manager feeds it
-what the API sends and what engines report. Races are decided by the database:
+what the API sends and what engines report.
 
-* **Idempotency.** :meth:`MessageStore.create_pending` inserts; a violation of the
-  unique (session_id, idempotency_key) index means the key was used, and the existing
-  row is read in a new transaction and returned with ``created=False``.
+**Writes are grouped.** Every write goes through one
+:class:`~enginehost.core.db.group_commit.GroupCommit` queue: whatever is waiting when
+the database is free runs as one transaction, in arrival order. A send's pending row,
+its engine echo, its id and its acks are each a small operation, so under load dozens
+of them share a commit, and one operation never runs beside another: read-then-write
+logic below needs no locks and has no races with the store's other writes. (The
+daemon is the only writer of the data database's messages.) The hot statements are
+built once in SQLAlchemy Core; records handed back are detached and read-only.
+
+Races with the outside world are decided by unique indexes:
+
+* **Idempotency.** :meth:`MessageStore.create_pending` inserts with ``ON CONFLICT DO
+  NOTHING`` on the unique (session_id, idempotency_key) index; no row inserted means the
+  key was used, and the first request's row is returned with ``created=False``.
 * **Re-fired events.** :meth:`~MessageStore.store_inbound` and
-  :meth:`~MessageStore.store_own` insert; a violation of the unique
-  (session_id, message_id) index means the event was stored already.
+  :meth:`~MessageStore.store_own` insert the same way on the unique
+  (session_id, message_id) index: no row inserted means the event was stored already.
 * **The echo race.** An engine may report our own send back as an own-message echo
   *before* the send path stores the engine id it got. The echo is then a row of its
-  own, and storing the id on the pending row violates the unique index: inside the same
-  transaction (a savepoint), :meth:`~MessageStore.mark_sent` merges the two: the pending
-  row keeps its id and idempotency key, takes the better status of both, and the echo
-  row is deleted. In the other order the echo's insert hits the index and
+  own: :meth:`~MessageStore.mark_sent` finds it and merges the two (the pending row keeps
+  its id and idempotency key and takes the better status of both; the echo row is
+  deleted). In the other order the echo's insert hits the index and
   :meth:`~MessageStore.store_own` returns the stored row: one row either way.
 * **Early acks.** An ack can name an engine id no row carries yet. It is kept in
   ``early_acks`` (the furthest status only) and applied when a send or an own message
-  stores that id. Both sides first *claim* the ``early_acks`` row of the id with an
-  upsert (which waits for a concurrent claimant on PostgreSQL, SQLite has one writer at
-  a time anyway), so an ack and the storing of its id never miss each other.
+  stores that id.
 
 Status moves forward only (see :func:`advance`): pending → sent → delivered → read;
 ``failed`` is reachable from pending and sent only (an ack of delivered or read proves
 the message arrived, so a later failure report is ignored) and is final.
-
-Records handed back are detached model instances with every column loaded.
 """
 
 from __future__ import annotations
@@ -35,17 +41,20 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import Table
+import sqlalchemy as sa
+from sqlalchemy import Table, bindparam, case
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import Session, and_, col, delete, func, or_, select, update
+from sqlmodel import Session, and_, col, func, or_, select
 
 from enginehost.core.db.database import Database
+from enginehost.core.db.group_commit import GroupCommit
 from enginehost.core.engine import AckStatus, EngineMessage, MessageType, utc_now
 from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.messages.models import (
@@ -53,8 +62,6 @@ from enginehost.core.messages.models import (
     IDEMPOTENCY_KEY_MAX,
     MESSAGE_ID_MAX,
     SESSION_ID_MAX,
-    UNIQUE_IDEMPOTENCY_INDEX,
-    UNIQUE_MESSAGE_ID_INDEX,
     EarlyAck,
     MessageDirection,
     MessageRecord,
@@ -81,15 +88,7 @@ STALE_PENDING_REASON: Final = "the host stopped before the send completed"
 RAW_MAX_BYTES: Final = 16 * 1024
 """Engine extras larger than this (as JSON) are not kept: only a note of their size."""
 
-_BATCH_ROWS = 500  # rows per INSERT statement: well under both backends' parameter caps
 _CURSOR_MAX = 512
-_UNIQUE_VIOLATION = "23505"
-_SQLITE_UNIQUE = "UNIQUE constraint failed: "
-_INDEX_COLUMNS = {
-    UNIQUE_MESSAGE_ID_INDEX: "messages.session_id, messages.message_id",
-    UNIQUE_IDEMPOTENCY_INDEX: "messages.session_id, messages.idempotency_key",
-}
-_READ_ATTEMPTS = 3
 
 _MESSAGES = cast(Table, MessageRecord.__table__)  # type: ignore[attr-defined]
 _EARLY_ACKS = cast(Table, EarlyAck.__table__)  # type: ignore[attr-defined]
@@ -129,10 +128,6 @@ class MessageIdConflictError(MessageError):
         super().__init__(
             f"message {record_id!r} already has the engine id {stored!r}, not {given!r}"
         )
-
-
-class _Conflict(Exception):
-    """Raised inside a unit of work to roll it back when an insert hit a unique index."""
 
 
 # ------------------------------------------------------------------------------ status
@@ -300,102 +295,119 @@ def _decode_cursor(cursor: object) -> tuple[datetime, str]:
 # ----------------------------------------------------------------------- database work
 
 
-def _violates(exc: IntegrityError, index: str) -> bool:
-    """Whether ``exc`` is a violation of the unique index ``index``, and only that."""
-    original = exc.orig
-    diag = getattr(original, "diag", None)
-    if diag is not None:  # PostgreSQL (psycopg): the server names the index.
-        return (
-            getattr(original, "sqlstate", None) == _UNIQUE_VIOLATION
-            and getattr(diag, "constraint_name", None) == index
-        )
-    message = str(original)
-    return message.endswith(_SQLITE_UNIQUE + _INDEX_COLUMNS[index]) or index in message
-
-
 def _insert(backend: str, table: Table) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_nothing``/``..._do_update``."""
     return (postgresql.insert if backend == "postgresql" else sqlite.insert)(table)
 
 
-def _by_id(session: Session, record_id: str, *, lock: bool = False) -> MessageRecord | None:
-    if not _searchable(record_id):
-        return None
-    statement = select(MessageRecord).where(col(MessageRecord.id) == record_id)
-    if lock:
-        statement = statement.with_for_update()
-    return session.exec(statement.execution_options(populate_existing=True)).first()
+def _record(row: Any) -> MessageRecord:
+    """A detached, read-only record from a result row of every column.
 
-
-def _by_message_id(
-    session: Session, session_id: str, message_id: str, *, lock: bool = False
-) -> MessageRecord | None:
-    if not _searchable(session_id, message_id):
-        return None
-    statement = select(MessageRecord).where(
-        col(MessageRecord.session_id) == session_id, col(MessageRecord.message_id) == message_id
-    )
-    if lock:
-        statement = statement.with_for_update()
-    return session.exec(statement.execution_options(populate_existing=True)).first()
-
-
-def _by_idempotency_key(session: Session, session_id: str, key: str) -> MessageRecord | None:
-    return session.exec(
-        select(MessageRecord).where(
-            col(MessageRecord.session_id) == session_id,
-            col(MessageRecord.idempotency_key) == key,
-        )
-    ).first()
-
-
-def _set(session: Session, record_id: str, **values: Any) -> None:
-    session.exec(
-        update(MessageRecord)
-        .where(col(MessageRecord.id) == record_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _claim_early_ack(
-    session: Session, backend: str, session_id: str, message_id: str, status: str
-) -> str:
-    """Insert ``early_acks`` (session_id, message_id) or lock the row there; its status.
-
-    The upsert waits for a concurrent transaction that inserted the same key (PostgreSQL),
-    so two transactions about one engine id take turns here: that is what makes an ack
-    and the storing of its id see each other. Returns the stored status when the row
-    existed, else ``status`` (what was inserted).
+    Built with ``model_construct``: the ORM constructor's bookkeeping cost ten times as
+    much, for records that are only read (setting an attribute raises).
     """
-    # On conflict the stored status is set back to itself: that locks the row, and
-    # RETURNING then yields the stored value.
-    statement = (
-        _insert(backend, _EARLY_ACKS)
-        .values(session_id=session_id, message_id=message_id, status=status, at=utc_now())
-        .on_conflict_do_update(
+    return MessageRecord.model_construct(**row._mapping)
+
+
+def _later(now: datetime, created_at: datetime) -> datetime:
+    # updated_at never precedes created_at, even when the clock steps back.
+    return max(now, created_at)
+
+
+class _Statements:
+    """The write path's statements, built once per backend (SQLAlchemy Core: the ORM's
+    per-statement bookkeeping cost more than the statements themselves)."""
+
+    def __init__(self, backend: str) -> None:
+        m, e = _MESSAGES, _EARLY_ACKS
+        self.by_id = sa.select(m).where(m.c.id == bindparam("record_id"))
+        self.by_message_id = sa.select(m).where(
+            m.c.session_id == bindparam("session_id"),
+            m.c.message_id == bindparam("message_id"),
+        )
+        self.by_idempotency_key = sa.select(m).where(
+            m.c.session_id == bindparam("session_id"),
+            m.c.idempotency_key == bindparam("idempotency_key"),
+        )
+        self.insert = m.insert()
+        self.insert_keyed = (
+            _insert(backend, m)
+            .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
+            .returning(m.c.id)
+        )
+        self.insert_engine = (
+            _insert(backend, m)
+            .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
+            .returning(m.c.id)
+        )
+        # The SET clause comes from the parameters given (besides record_id).
+        self.update = sa.update(m).where(m.c.id == bindparam("record_id")).returning(*m.c)
+        self.delete = sa.delete(m).where(m.c.id == bindparam("record_id"))
+        self.take_early_ack = (
+            sa.delete(e)
+            .where(
+                e.c.session_id == bindparam("session_id"),
+                e.c.message_id == bindparam("message_id"),
+            )
+            .returning(e.c.status)
+        )
+        self.early_ack = sa.select(e.c.status).where(
+            e.c.session_id == bindparam("session_id"),
+            e.c.message_id == bindparam("message_id"),
+        )
+        keep = _insert(backend, e)
+        self.keep_early_ack = keep.on_conflict_do_update(
             index_elements=["session_id", "message_id"],
-            set_={"status": _EARLY_ACKS.c.status},
+            set_={"status": keep.excluded.status, "at": keep.excluded.at},
         )
-        .returning(_EARLY_ACKS.c.status)
-    )
-    stored: str = session.exec(statement).scalar_one()
-    return stored
+        # One statement per ack in the common case: the row moves only from a status
+        # the ack advances (see advance()); no row back means "not advanced" or "no
+        # such row yet", told apart by a read only then.
+        now = bindparam("now", type_=m.c.updated_at.type)
+        later = case((m.c.created_at > now, m.c.created_at), else_=now)  # see _later()
+        self.ack = {
+            status: sa.update(m)
+            .where(
+                # (Parameters of an UPDATE may not share a column's name.)
+                m.c.session_id == bindparam("key_session_id"),
+                m.c.message_id == bindparam("key_message_id"),
+                # Literal values: an IN of bound values is expanded at every execution.
+                m.c.status.in_([sa.literal_column(f"'{s}'") for s in _advanced_by(status)]),
+            )
+            .values(status=status, updated_at=later)
+            .returning(*m.c)
+            for status in _STATUSES
+            if status != AckStatus.PENDING
+        }
 
 
-def _drop_early_ack(session: Session, session_id: str, message_id: str) -> None:
-    session.exec(
-        delete(EarlyAck).where(
-            col(EarlyAck.session_id) == session_id, col(EarlyAck.message_id) == message_id
-        )
-    )
+_STATUSES: Final = tuple(s.value for s in AckStatus)
 
 
-def _take_early_ack(session: Session, backend: str, session_id: str, message_id: str) -> str:
-    """Claim and remove the early ack of ``message_id``: its status, ``pending`` if none."""
-    status = _claim_early_ack(session, backend, session_id, message_id, AckStatus.PENDING.value)
-    _drop_early_ack(session, session_id, message_id)
+def _advanced_by(status: str) -> list[str]:
+    """The statuses an ack of ``status`` moves forward (to ``status``)."""
+    return [s for s in _STATUSES if s != status and advance(s, status) == status]
+
+
+def _take_early_ack(
+    connection: Connection, statements: _Statements, session_id: str, message_id: str
+) -> str | None:
+    """Remove the early ack kept for ``message_id``: its status, None when there is none."""
+    status: str | None = connection.execute(
+        statements.take_early_ack, {"session_id": session_id, "message_id": message_id}
+    ).scalar()
     return status
+
+
+def _advance_row(
+    connection: Connection, statements: _Statements, session_id: str, message_id: str, status: str
+) -> Any:
+    """Move the row of ``message_id`` forward to ``status``: the updated row, or None
+    when there is no such row or ``status`` would not move it (see :func:`advance`)."""
+    return connection.execute(
+        statements.ack[status],
+        {"key_session_id": session_id, "key_message_id": message_id, "now": utc_now()},
+    ).first()
 
 
 def _history_conditions(
@@ -423,20 +435,27 @@ def _history_conditions(
     return conditions
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 # ------------------------------------------------------------------------------- store
 
 
 class MessageStore:
     """The messages of every session, in the data database."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._database = database
         self._backend = database.backend
+        self._sql = _Statements(database.backend)
+        # Records built by _record() read through the ORM's attribute descriptors, which
+        # work only once the mappers are configured (a first query would do it too).
+        configure_mappers()
+        # Every write of this store goes through one queue: concurrent callers share
+        # transactions, and no two writes ever race each other (see the module docs).
+        self._writes = GroupCommit(database, max_batch=max_batch, refusals=(MessageError,))
+
+    @property
+    def writes(self) -> GroupCommit:
+        """The store's write queue (its counters show how writes were grouped)."""
+        return self._writes
 
     # ------------------------------------------------------------------------ sends
 
@@ -457,39 +476,46 @@ class MessageStore:
         row of the first request comes back with ``False`` (whatever its other fields).
         """
         now = utc_now()
-        record = MessageRecord(
-            session_id=_text("session_id", session_id, SESSION_ID_MAX),
-            chat_id=_text("chat_id", chat_id, CHAT_ID_MAX),
-            direction=MessageDirection.OUTGOING.value,
-            type=_message_type(type),
-            status=AckStatus.PENDING.value,
-            body=_body(body),
-            from_me=True,
-            has_media=bool(has_media),
-            quoted_message_id=_optional_text(
+        values: dict[str, Any] = {
+            "id": new_id(),
+            "session_id": _text("session_id", session_id, SESSION_ID_MAX),
+            "chat_id": _text("chat_id", chat_id, CHAT_ID_MAX),
+            "message_id": None,
+            "direction": MessageDirection.OUTGOING.value,
+            "type": _message_type(type),
+            "status": AckStatus.PENDING.value,
+            "body": _body(body),
+            "from_me": True,
+            "has_media": bool(has_media),
+            "quoted_message_id": _optional_text(
                 "quoted_message_id", quoted_message_id, MESSAGE_ID_MAX
             ),
-            idempotency_key=_optional_text("idempotency_key", idempotency_key, IDEMPOTENCY_KEY_MAX),
-            timestamp=now,
-            created_at=now,
-            updated_at=now,
-        )
+            "failure_reason": None,
+            "idempotency_key": _optional_text(
+                "idempotency_key", idempotency_key, IDEMPOTENCY_KEY_MAX
+            ),
+            "timestamp": now,
+            "created_at": now,
+            "updated_at": now,
+            "raw": None,
+        }
+        sql = self._sql
 
-        def work(session: Session) -> MessageRecord:
-            session.add(record)
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                if _violates(exc, UNIQUE_IDEMPOTENCY_INDEX):
-                    raise _Conflict from None
-                raise
-            return record
+        def work(connection: Connection) -> tuple[MessageRecord, bool]:
+            if values["idempotency_key"] is None:
+                connection.execute(sql.insert, values)
+                return MessageRecord.model_construct(**values), True
+            # The unique (session_id, idempotency_key) index decides: no row back means
+            # the key was used, and the first request's row is the answer.
+            if connection.execute(sql.insert_keyed, values).first() is not None:
+                return MessageRecord.model_construct(**values), True
+            row = connection.execute(
+                sql.by_idempotency_key,
+                {"session_id": values["session_id"], "idempotency_key": values["idempotency_key"]},
+            ).one()
+            return _record(row), False
 
-        def existing(session: Session) -> MessageRecord | None:
-            assert idempotency_key is not None
-            return _by_idempotency_key(session, session_id, idempotency_key)
-
-        return await self._insert_or_read(work, existing)
+        return await self._writes.submit(work)
 
     async def mark_sent(
         self, record_id: str, *, message_id: str, timestamp: datetime
@@ -504,92 +530,80 @@ class MessageStore:
         """
         message_id = _text("message_id", message_id, MESSAGE_ID_MAX)
         timestamp = _aware("timestamp", timestamp)
-        backend = self._backend
+        if not _searchable(record_id):
+            raise _not_found(record_id)
+        sql = self._sql
 
-        def work(session: Session) -> MessageRecord:
-            record = _by_id(session, record_id, lock=True)
-            if record is None:
+        def work(connection: Connection) -> MessageRecord:
+            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
+            if row is None:
                 raise _not_found(record_id)
-            if record.message_id is not None:
-                if record.message_id != message_id:
-                    raise MessageIdConflictError(record_id, record.message_id, message_id)
-                return record
-            early = _take_early_ack(session, backend, record.session_id, message_id)
+            if row.message_id is not None:
+                if row.message_id != message_id:
+                    raise MessageIdConflictError(record_id, row.message_id, message_id)
+                return _record(row)
+            status = advance(row.status, AckStatus.SENT)
+            early = _take_early_ack(connection, sql, row.session_id, message_id)
+            if early is not None:
+                status = advance(status, early)
             values: dict[str, Any] = {
+                "record_id": row.id,
                 "message_id": message_id,
-                "status": advance(advance(record.status, AckStatus.SENT), early),
                 "timestamp": timestamp,
-                "updated_at": max(utc_now(), record.created_at),
+                "updated_at": _later(utc_now(), row.created_at),
             }
-
-            def merge_echo(echo: MessageRecord) -> None:
-                values["status"] = advance(values["status"], echo.status)
-                values["idempotency_key"] = record.idempotency_key or echo.idempotency_key
-                values["raw"] = record.raw or echo.raw
-                values["quoted_message_id"] = record.quoted_message_id or echo.quoted_message_id
-                session.exec(delete(MessageRecord).where(col(MessageRecord.id) == echo.id))
-
-            # Engines usually echo a send before it returns: look for the echo first, so
-            # the common case merges without a failed statement and a savepoint rollback.
-            echo = _by_message_id(session, record.session_id, message_id, lock=True)
+            # Engines usually echo a send before it returns: the echo is a row of its
+            # own by now, merged into this one (which keeps its id and key).
+            echo = connection.execute(
+                sql.by_message_id, {"session_id": row.session_id, "message_id": message_id}
+            ).first()
             if echo is not None:
-                merge_echo(echo)
-                _set(session, record.id, **values)
-            else:
-                try:
-                    with session.begin_nested():
-                        _set(session, record.id, **values)
-                except IntegrityError as exc:
-                    # The echo was stored between the look-up and the update.
-                    if not _violates(exc, UNIQUE_MESSAGE_ID_INDEX):
-                        raise
-                    echo = _by_message_id(session, record.session_id, message_id, lock=True)
-                    if echo is not None:
-                        merge_echo(echo)
-                    _set(session, record.id, **values)
-            stored = _by_id(session, record.id)
-            assert stored is not None
-            return stored
+                status = advance(status, echo.status)
+                values["idempotency_key"] = row.idempotency_key or echo.idempotency_key
+                values["raw"] = row.raw or echo.raw
+                values["quoted_message_id"] = row.quoted_message_id or echo.quoted_message_id
+                connection.execute(sql.delete, {"record_id": echo.id})
+            values["status"] = status
+            return _record(connection.execute(sql.update, values).one())
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     async def mark_failed(self, record_id: str, reason: str) -> MessageRecord:
         """Fail a pending send with ``reason``. A row past pending is returned unchanged
         (a send that reached the server did not fail; failed is final)."""
         reason = _body(reason) or "failed"
+        if not _searchable(record_id):
+            raise _not_found(record_id)
+        sql = self._sql
 
-        def work(session: Session) -> MessageRecord:
-            record = _by_id(session, record_id, lock=True)
-            if record is None:
+        def work(connection: Connection) -> MessageRecord:
+            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
+            if row is None:
                 raise _not_found(record_id)
-            if record.status != AckStatus.PENDING:
-                return record
-            _set(
-                session,
-                record.id,
-                status=AckStatus.FAILED.value,
-                failure_reason=reason,
-                updated_at=max(utc_now(), record.created_at),
-            )
-            stored = _by_id(session, record.id)
-            assert stored is not None
-            return stored
+            if row.status != AckStatus.PENDING:
+                return _record(row)
+            changes = {
+                "record_id": row.id,
+                "status": AckStatus.FAILED.value,
+                "failure_reason": reason,
+                "updated_at": _later(utc_now(), row.created_at),
+            }
+            return _record(connection.execute(sql.update, changes).one())
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     async def fail_stale_pending(self, reason: str = STALE_PENDING_REASON) -> int:
         """At boot: every pending send (of any session) fails with ``reason``; the count."""
+        statement = (
+            sa.update(_MESSAGES)
+            .where(_MESSAGES.c.status == AckStatus.PENDING.value)
+            .values(status=AckStatus.FAILED.value, failure_reason=reason, updated_at=utc_now())
+        )
 
-        def work(session: Session) -> int:
-            result = session.exec(
-                update(MessageRecord)
-                .where(col(MessageRecord.status) == AckStatus.PENDING.value)
-                .values(status=AckStatus.FAILED.value, failure_reason=reason, updated_at=utc_now())
-                .execution_options(synchronize_session=False)
-            )
-            return int(result.rowcount)
+        def work(connection: Connection) -> int:
+            return int(connection.execute(statement).rowcount)
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     # ----------------------------------------------------------------- engine events
 
@@ -612,26 +626,24 @@ class MessageStore:
         self, session_id: str, message: EngineMessage, *, own: bool
     ) -> tuple[MessageRecord, bool]:
         values = _engine_values(session_id, message, own=own)
-        backend = self._backend
+        key = {"session_id": session_id, "message_id": values["message_id"]}
+        sql = self._sql
 
-        def work(session: Session) -> MessageRecord:
+        def work(connection: Connection) -> tuple[MessageRecord, bool]:
+            # The unique (session_id, message_id) index decides: no row back means the
+            # id is stored already (a re-fired event, or a send's own echo).
+            if connection.execute(sql.insert_engine, values).first() is None:
+                return _record(connection.execute(sql.by_message_id, key).one()), False
+            record = MessageRecord.model_construct(**values)
             if values["from_me"]:
-                early = _take_early_ack(session, backend, session_id, values["message_id"])
-                values["status"] = advance(values["status"], early)
-            record = MessageRecord(**values)
-            session.add(record)
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                if _violates(exc, UNIQUE_MESSAGE_ID_INDEX):
-                    raise _Conflict from None
-                raise
-            return record
+                early = _take_early_ack(connection, sql, session_id, values["message_id"])
+                status = values["status"] if early is None else advance(values["status"], early)
+                if status != values["status"]:
+                    changes = {"record_id": values["id"], "status": status}
+                    record = _record(connection.execute(sql.update, changes).one())
+            return record, True
 
-        def existing(session: Session) -> MessageRecord | None:
-            return _by_message_id(session, session_id, values["message_id"])
-
-        return await self._insert_or_read(work, existing)
+        return await self._writes.submit(work)
 
     async def store_inbound_batch(self, session_id: str, messages: Iterable[EngineMessage]) -> int:
         """Store many engine messages of one session in one transaction; the number
@@ -654,6 +666,7 @@ class MessageStore:
             rows.setdefault((session_id, values["message_id"]), values)
         if not rows:
             return set()
+        sql = self._sql
         # One cached statement executed over all rows ("insertmanyvalues"): compiling a
         # multi-row VALUES statement per batch cost more than the inserts themselves.
         statement = (
@@ -662,19 +675,17 @@ class MessageStore:
             .returning(_MESSAGES.c.session_id, _MESSAGES.c.message_id, _MESSAGES.c.from_me)
         )
 
-        def work(session: Session) -> set[tuple[str, str]]:
-            result = session.connection().execute(statement, list(rows.values()))
+        def work(connection: Connection) -> set[tuple[str, str]]:
+            result = connection.execute(statement, list(rows.values()))
             inserted = [(row[0], row[1], row[2]) for row in result.all()]
-            own_by_session: dict[str, list[str]] = {}
             for session_id, message_id, from_me in inserted:
                 if from_me:
-                    own_by_session.setdefault(session_id, []).append(message_id)
-            for session_id, own in own_by_session.items():
-                for ids in _chunks(own, _BATCH_ROWS):
-                    _apply_early_acks(session, session_id, ids)
+                    early = _take_early_ack(connection, sql, session_id, message_id)
+                    if early is not None:
+                        _advance_row(connection, sql, session_id, message_id, early)
             return {(session_id, message_id) for session_id, message_id, _ in inserted}
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     async def apply_ack(
         self, session_id: str, message_id: str, status: AckStatus | str
@@ -688,60 +699,49 @@ class MessageStore:
             raise MessageValidationError("status", f"not an ack status: {status!r}") from None
         if not _searchable(session_id, message_id):
             return None
-        backend = self._backend
+        key = {"session_id": session_id, "message_id": message_id}
+        sql = self._sql
 
-        def work(session: Session) -> MessageRecord | None:
-            record = _by_message_id(session, session_id, message_id, lock=True)
-            if record is None:
-                if wanted == AckStatus.PENDING:
-                    return None
-                stored = _claim_early_ack(session, backend, session_id, message_id, wanted)
-                furthest = advance(stored, wanted)
-                # Checked again after the claim: a send that stored the id meanwhile has
-                # committed by now (it held the claim), and this transaction sees it.
-                record = _by_message_id(session, session_id, message_id, lock=True)
-                if record is None:
-                    if furthest != stored:
-                        session.exec(
-                            update(EarlyAck)
-                            .where(
-                                col(EarlyAck.session_id) == session_id,
-                                col(EarlyAck.message_id) == message_id,
-                            )
-                            .values(status=furthest, at=utc_now())
-                        )
-                    return None
-                _drop_early_ack(session, session_id, message_id)
-                new = advance(record.status, furthest)
-            else:
-                new = advance(record.status, wanted)
-            if new == record.status:
-                return record
-            _set(session, record.id, status=new, updated_at=max(utc_now(), record.created_at))
-            return _by_id(session, record.id)
+        def work(connection: Connection) -> MessageRecord | None:
+            if wanted != AckStatus.PENDING:
+                row = _advance_row(connection, sql, session_id, message_id, wanted)
+                if row is not None:
+                    return _record(row)
+            row = connection.execute(sql.by_message_id, key).first()
+            if row is not None:
+                return _record(row)  # the ack does not move it forward
+            if wanted == AckStatus.PENDING:
+                return None
+            kept = connection.execute(sql.early_ack, key).scalar()
+            furthest = wanted if kept is None else advance(kept, wanted)
+            if furthest != kept:
+                connection.execute(sql.keep_early_ack, {**key, "status": furthest, "at": utc_now()})
+            return None
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     async def prune_early_acks(self, older_than: timedelta = timedelta(days=1)) -> int:
         """Forget early acks kept longer than ``older_than`` (their message never came)."""
-        cutoff = utc_now() - older_than
+        statement = sa.delete(_EARLY_ACKS).where(_EARLY_ACKS.c.at < utc_now() - older_than)
 
-        def work(session: Session) -> int:
-            result = session.exec(delete(EarlyAck).where(col(EarlyAck.at) < cutoff))
-            return int(result.rowcount)
+        def work(connection: Connection) -> int:
+            return int(connection.execute(statement).rowcount)
 
-        return await self._database.run(work)
+        return await self._writes.submit(work)
 
     # ----------------------------------------------------------------------- reads
 
     async def get(self, session_id: str, record_id: str) -> MessageRecord:
         """The message ``record_id`` of ``session_id``, or :class:`MessageNotFoundError`."""
 
-        def work(session: Session) -> MessageRecord | None:
-            record = _by_id(session, record_id)
-            return record if record is not None and record.session_id == session_id else None
+        sql = self._sql
 
-        record = await self._database.run(work, readonly=True)
+        def work(connection: Connection) -> MessageRecord | None:
+            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
+            return _record(row) if row is not None and row.session_id == session_id else None
+
+        searchable = _searchable(record_id)
+        record = await self._database.run_connection(work, readonly=True) if searchable else None
         if record is None:
             raise _not_found(record_id, session_id)
         return record
@@ -749,10 +749,15 @@ class MessageStore:
     async def by_message_id(self, session_id: str, message_id: str) -> MessageRecord:
         """The message with the engine id ``message_id`` in ``session_id``."""
 
-        def work(session: Session) -> MessageRecord | None:
-            return _by_message_id(session, session_id, message_id)
+        sql = self._sql
+        key = {"session_id": session_id, "message_id": message_id}
 
-        record = await self._database.run(work, readonly=True)
+        def work(connection: Connection) -> MessageRecord | None:
+            row = connection.execute(sql.by_message_id, key).first()
+            return None if row is None else _record(row)
+
+        searchable = _searchable(session_id, message_id)
+        record = await self._database.run_connection(work, readonly=True) if searchable else None
         if record is None:
             raise _not_found(message_id, session_id)
         return record
@@ -838,41 +843,6 @@ class MessageStore:
             rows = rows[:limit]
             return rows, total, _encode_cursor(rows[-1])
         return rows, total, None
-
-    # --------------------------------------------------------------------- helpers
-
-    async def _insert_or_read(
-        self,
-        insert: Callable[[Session], MessageRecord],
-        existing: Callable[[Session], MessageRecord | None],
-    ) -> tuple[MessageRecord, bool]:
-        """Run ``insert``; when it hit its unique index, read the row that won instead
-        (in a new transaction, which sees the winner: it has committed by then)."""
-        for _ in range(_READ_ATTEMPTS):
-            try:
-                return await self._database.run(insert), True
-            except _Conflict:
-                pass
-            found = await self._database.run(existing, readonly=True)
-            if found is not None:
-                return found, False
-        raise RuntimeError("a conflicting message row vanished repeatedly")  # pragma: no cover
-
-
-def _apply_early_acks(session: Session, session_id: str, message_ids: Sequence[str]) -> None:
-    """Apply and remove the early acks of freshly inserted rows (batch path)."""
-    acks = session.exec(
-        select(EarlyAck).where(
-            col(EarlyAck.session_id) == session_id, col(EarlyAck.message_id).in_(message_ids)
-        )
-    ).all()
-    for ack in acks:
-        record = _by_message_id(session, session_id, ack.message_id, lock=True)
-        if record is not None:
-            new = advance(record.status, ack.status)
-            if new != record.status:
-                _set(session, record.id, status=new, updated_at=utc_now())
-        _drop_early_ack(session, session_id, ack.message_id)
 
 
 def _not_found(key: str, session_id: str | None = None) -> MessageNotFoundError:
