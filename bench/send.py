@@ -1,17 +1,19 @@
 """Sends per second through the REST API of a real daemon, against a trivial request.
 
 A real ``enginehost serve --port 0`` child process (sandbox engine, one session linked
-at once, acks 50 ms apart) takes a fixed number of keep-alive requests in flight from
-this process (httpx, one pool) for a fixed time after a warm-up: first the trivial
-authenticated ``GET /api/sessions/{id}`` (the baseline: HTTP, auth, one keyed read),
-then ``POST .../messages/send-text`` (a pending row, the engine call, its own-message
-echo merged, three acks later). Printed per case: requests/s, p50/p99 latency, non-2xx
-answers, and CPU time per request of the daemon (all threads, from /proc) and of this
-process. Targets: sends >= 1,000/s and >= 0.4 of the trivial rate, no non-2xx answer.
-The load generator and the daemon share this machine's cores, so both rates are lower
-than a daemon alone would reach; the ratios are what compare.
+at once, acks 50 ms apart) takes a fixed number of keep-alive connections, one request
+in flight on each, for a fixed time after a warm-up: first the trivial authenticated
+``GET /api/sessions/{id}`` (the baseline: HTTP, auth, the session look-up), then
+``POST .../messages/send-text`` (a pending row, the engine call, its own-message echo
+merged, three acks later). The load comes from ``wrk`` when installed (little CPU of
+its own), else from httpx in this process. Printed per case: requests/s, p50/p99
+latency, non-2xx answers, and CPU time per request of the daemon (all threads, from
+/proc) and of the load generator. Targets: sends >= 1,000/s and >= 0.4 of the trivial
+rate, no non-2xx answer. The load generator and the daemon share this machine's cores;
+the ratios are what compare.
 
-    python bench/send.py [--concurrency C] [--seconds S] [--warmup W] [--postgres-url URL]
+    python bench/send.py [--concurrency C] [--seconds S] [--warmup W] [--load auto|wrk|httpx]
+                         [--postgres-url URL]
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
+import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -164,6 +169,15 @@ def running_daemon(
 # ------------------------------------------------------------------------------ load
 
 
+@dataclass(frozen=True)
+class _Options:
+    concurrency: int
+    warmup: float
+    seconds: float
+    wrk: str | None
+    """The wrk binary, or None for the httpx load generator."""
+
+
 @dataclass
 class Figures:
     rate: float
@@ -174,7 +188,7 @@ class Figures:
     daemon_cpu_ms: float = float("nan")
     """Daemon CPU time (user + system, all threads) per counted request."""
     client_cpu_ms: float = float("nan")
-    """This process's CPU time (the load generator) per counted request."""
+    """The load generator's CPU time (this process, or the wrk child) per counted request."""
 
 
 def _process_cpu(pid: int) -> float:
@@ -292,6 +306,103 @@ async def _measure(
         return figures
 
 
+# ------------------------------------------------------------------------------ wrk
+
+_SEND_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, string.format(
+    '{"chatId":"1555000%04d@c.us","text":"hello, bench"}', counter % 10000))
+end
+"""
+_WRK_TIMEOUT_S = 30
+
+
+def _wrk_figures(output: str, seconds: float) -> Figures:
+    """Figures from wrk's report (``--latency``): the rate over the measured run."""
+    count = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    percentiles = {
+        float(p): _wrk_ms(value, unit)
+        for p, value, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    }
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    non_2xx: dict[str, int] = {}
+    if failed:
+        non_2xx["non-2xx"] = int(failed.group(1))
+    if errors:
+        non_2xx["socket errors"] = sum(int(n) for n in re.findall(r"\d+", errors.group(1)))
+    return Figures(
+        rate=count / seconds,
+        count=count,
+        p50_ms=percentiles.get(50.0, float("nan")),
+        p99_ms=percentiles.get(99.0, float("nan")),
+        non_2xx=non_2xx,
+    )
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _wrk_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _wrk_case(
+    wrk: str, url: str, key: str, daemon_pid: int, args: list[str], options: _Options
+) -> Figures:
+    """A warm-up run, then the measured run with the daemon's CPU read around it."""
+    base = [wrk, "-t1", f"-c{options.concurrency}", "--latency", "-H", f"X-API-Key: {key}"]
+    base += ["--timeout", f"{_WRK_TIMEOUT_S}s", *args, url]
+
+    def run(seconds: float) -> tuple[str, float]:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*base[:1], f"-d{max(1, round(seconds))}s", *base[1:]],
+            capture_output=True,
+            text=True,
+            timeout=seconds + _WRK_TIMEOUT_S + 30,
+            check=True,
+        )
+        return done.stdout, time.perf_counter() - started
+
+    if options.warmup > 0:
+        run(options.warmup)
+    cpu_before, wrk_before = _process_cpu(daemon_pid), _children_cpu()
+    output, _ = run(options.seconds)
+    cpu_after, wrk_after = _process_cpu(daemon_pid), _children_cpu()
+    figures = _wrk_figures(output, max(1, round(options.seconds)))
+    if figures.count:
+        figures.daemon_cpu_ms = (cpu_after - cpu_before) / figures.count * 1000
+        figures.client_cpu_ms = (wrk_after - wrk_before) / figures.count * 1000
+    return figures
+
+
+def _measure_wrk(
+    wrk: str, base_url: str, key: str, daemon_pid: int, options: _Options
+) -> dict[str, Figures]:
+    async def ready() -> str:
+        async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": key}) as client:
+            return await _ready_session(client)
+
+    session_id = asyncio.run(ready())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(_SEND_SCRIPT)
+        script.flush()
+        trivial_url = f"{base_url}/api/sessions/{session_id}"
+        send_url = f"{trivial_url}/messages/send-text"
+        return {
+            "trivial": _wrk_case(wrk, trivial_url, key, daemon_pid, [], options),
+            "send": _wrk_case(wrk, send_url, key, daemon_pid, ["-s", script.name], options),
+        }
+
+
 # ------------------------------------------------------------------------------ postgres
 
 
@@ -331,9 +442,7 @@ def _line(name: str, figures: Figures) -> str:
     )
 
 
-def run_backend(
-    name: str, url: str | None, concurrency: int, warmup: float, seconds: float
-) -> bool:
+def run_backend(name: str, url: str | None, options: _Options) -> bool:
     """Measure one backend and print its figures; True when every target is met."""
     schema = None
     admin_url = url
@@ -344,9 +453,19 @@ def run_backend(
             tempfile.TemporaryDirectory() as directory,
             running_daemon(Path(directory), url) as (daemon, base_url, key),
         ):
-            figures = asyncio.run(
-                _measure(base_url, key, daemon.process.pid, concurrency, warmup, seconds)
-            )
+            if options.wrk is not None:
+                figures = _measure_wrk(options.wrk, base_url, key, daemon.process.pid, options)
+            else:
+                figures = asyncio.run(
+                    _measure(
+                        base_url,
+                        key,
+                        daemon.process.pid,
+                        options.concurrency,
+                        options.warmup,
+                        options.seconds,
+                    )
+                )
     finally:
         if schema is not None and admin_url is not None:
             drop_schema(admin_url, schema)
@@ -387,19 +506,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per case")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per case")
     parser.add_argument("--postgres-url", default=os.environ.get("ENGINEHOST_TEST_POSTGRES_URL"))
+    parser.add_argument(
+        "--load",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="load generator: wrk (C, little CPU of its own) when installed, else httpx",
+    )
     args = parser.parse_args()
 
+    wrk = shutil.which("wrk") if args.load in ("auto", "wrk") else None
+    if args.load == "wrk" and wrk is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    options = _Options(args.concurrency, args.warmup, args.seconds, wrk)
     cores = len(os.sched_getaffinity(0))
+    generator = "wrk, one thread" if wrk else "httpx, one pool"
     print(
-        f"{args.concurrency} requests in flight (httpx, keep-alive, one pool), "
+        f"{args.concurrency} keep-alive connections ({generator}), "
         f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per case; "
         f"the load generator and the daemon share {cores} core(s)"
     )
+    if wrk is None:
+        print("  (httpx costs about 2 ms of CPU per request itself: install wrk for rates")
+        print("   that the daemon, not the load generator, limits)")
     backends: list[tuple[str, str | None]] = [("sqlite", None)]
     if args.postgres_url:
         backends.append(("postgresql", args.postgres_url))
     for name, url in backends:
-        run_backend(name, url, args.concurrency, args.warmup, args.seconds)
+        run_backend(name, url, options)
     if not args.postgres_url:
         print("postgresql skipped: pass --postgres-url or set ENGINEHOST_TEST_POSTGRES_URL")
 
