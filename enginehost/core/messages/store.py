@@ -48,12 +48,13 @@ from typing import Any, Final, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy import Table, bindparam, case
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, and_, col, func, or_, select
 
 from enginehost.core.db.database import Database
+from enginehost.core.db.direct import DirectStatement
 from enginehost.core.db.group_commit import GroupCommit
 from enginehost.core.engine import AckStatus, EngineMessage, MessageType, utc_now
 from enginehost.core.errors import FieldError, ServiceError
@@ -300,13 +301,20 @@ def _insert(backend: str, table: Table) -> Any:
     return (postgresql.insert if backend == "postgresql" else sqlite.insert)(table)
 
 
-def _record(row: Any) -> MessageRecord:
+def _record(row: Mapping[str, Any]) -> MessageRecord:
     """A detached, read-only record from a result row of every column.
 
     Built with ``model_construct``: the ORM constructor's bookkeeping cost ten times as
     much, for records that are only read (setting an attribute raises).
     """
-    return MessageRecord.model_construct(**row._mapping)
+    return MessageRecord.model_construct(**row)
+
+
+def _one(row: dict[str, Any] | None) -> dict[str, Any]:
+    """A row a statement must have returned (it was found in this transaction)."""
+    if row is None:
+        raise RuntimeError("a message row vanished inside its transaction")
+    return row
 
 
 def _later(now: datetime, created_at: datetime) -> datetime:
@@ -315,50 +323,78 @@ def _later(now: datetime, created_at: datetime) -> datetime:
 
 
 class _Statements:
-    """The write path's statements, built once per backend (SQLAlchemy Core: the ORM's
-    per-statement bookkeeping cost more than the statements themselves)."""
+    """The write path's statements, compiled once per database and run on the driver's
+    cursor (see :mod:`enginehost.core.db.direct`: SQLAlchemy's per-execution work cost
+    several times what the statements do)."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, dialect: Dialect) -> None:
         m, e = _MESSAGES, _EARLY_ACKS
-        self.by_id = sa.select(m).where(m.c.id == bindparam("record_id"))
-        self.by_message_id = sa.select(m).where(
-            m.c.session_id == bindparam("session_id"),
-            m.c.message_id == bindparam("message_id"),
+        every = list(m.c)
+        names = [c.key for c in every]
+
+        def direct(
+            statement: Any, columns: Sequence[Any] = (), keys: Sequence[str] | None = None
+        ) -> DirectStatement:
+            return DirectStatement(statement, dialect, columns=columns, column_keys=keys)
+
+        in_session = m.c.session_id == bindparam("session_id")
+        self.by_id = direct(sa.select(m).where(m.c.id == bindparam("record_id")), every)
+        self.by_message_id = direct(
+            sa.select(m).where(in_session, m.c.message_id == bindparam("message_id")), every
         )
-        self.by_idempotency_key = sa.select(m).where(
-            m.c.session_id == bindparam("session_id"),
-            m.c.idempotency_key == bindparam("idempotency_key"),
+        self.by_idempotency_key = direct(
+            sa.select(m).where(in_session, m.c.idempotency_key == bindparam("idempotency_key")),
+            every,
         )
-        self.insert = m.insert()
-        self.insert_keyed = (
+        self.insert = direct(m.insert(), keys=names)
+        self.insert_keyed = direct(
             _insert(backend, m)
             .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
-            .returning(m.c.id)
+            .returning(m.c.id),
+            [m.c.id],
+            names,
         )
-        self.insert_engine = (
+        self.insert_engine = direct(
             _insert(backend, m)
             .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
-            .returning(m.c.id)
+            .returning(m.c.id),
+            [m.c.id],
+            names,
         )
-        # The SET clause comes from the parameters given (besides record_id).
-        self.update = sa.update(m).where(m.c.id == bindparam("record_id")).returning(*m.c)
-        self.delete = sa.delete(m).where(m.c.id == bindparam("record_id"))
-        self.take_early_ack = (
-            sa.delete(e)
-            .where(
-                e.c.session_id == bindparam("session_id"),
-                e.c.message_id == bindparam("message_id"),
-            )
-            .returning(e.c.status)
+
+        def update(*keys: str) -> DirectStatement:
+            # SET takes the parameters named by ``keys``; record_id names the row
+            # (parameters of an UPDATE may not share a column's name).
+            statement = sa.update(m).where(m.c.id == bindparam("record_id")).returning(*m.c)
+            return direct(statement, every, keys)
+
+        self.mark_sent = update(
+            "message_id",
+            "status",
+            "timestamp",
+            "updated_at",
+            "idempotency_key",
+            "raw",
+            "quoted_message_id",
         )
-        self.early_ack = sa.select(e.c.status).where(
+        self.mark_failed = update("status", "failure_reason", "updated_at")
+        self.set_status = update("status")
+        self.delete = direct(sa.delete(m).where(m.c.id == bindparam("record_id")))
+        early_key = (
             e.c.session_id == bindparam("session_id"),
             e.c.message_id == bindparam("message_id"),
         )
+        self.take_early_ack = direct(
+            sa.delete(e).where(*early_key).returning(e.c.status), [e.c.status]
+        )
+        self.early_ack = direct(sa.select(e.c.status).where(*early_key), [e.c.status])
         keep = _insert(backend, e)
-        self.keep_early_ack = keep.on_conflict_do_update(
-            index_elements=["session_id", "message_id"],
-            set_={"status": keep.excluded.status, "at": keep.excluded.at},
+        self.keep_early_ack = direct(
+            keep.on_conflict_do_update(
+                index_elements=["session_id", "message_id"],
+                set_={"status": keep.excluded.status, "at": keep.excluded.at},
+            ),
+            keys=["session_id", "message_id", "status", "at"],
         )
         # One statement per ack in the common case: the row moves only from a status
         # the ack advances (see advance()); no row back means "not advanced" or "no
@@ -366,16 +402,18 @@ class _Statements:
         now = bindparam("now", type_=m.c.updated_at.type)
         later = case((m.c.created_at > now, m.c.created_at), else_=now)  # see _later()
         self.ack = {
-            status: sa.update(m)
-            .where(
-                # (Parameters of an UPDATE may not share a column's name.)
-                m.c.session_id == bindparam("key_session_id"),
-                m.c.message_id == bindparam("key_message_id"),
-                # Literal values: an IN of bound values is expanded at every execution.
-                m.c.status.in_([sa.literal_column(f"'{s}'") for s in _advanced_by(status)]),
+            status: direct(
+                sa.update(m)
+                .where(
+                    m.c.session_id == bindparam("key_session_id"),
+                    m.c.message_id == bindparam("key_message_id"),
+                    # Literal values: an IN of bound values is expanded per execution.
+                    m.c.status.in_([sa.literal_column(f"'{s}'") for s in _advanced_by(status)]),
+                )
+                .values(status=status, updated_at=later)
+                .returning(*m.c),
+                every,
             )
-            .values(status=status, updated_at=later)
-            .returning(*m.c)
             for status in _STATUSES
             if status != AckStatus.PENDING
         }
@@ -393,21 +431,21 @@ def _take_early_ack(
     connection: Connection, statements: _Statements, session_id: str, message_id: str
 ) -> str | None:
     """Remove the early ack kept for ``message_id``: its status, None when there is none."""
-    status: str | None = connection.execute(
-        statements.take_early_ack, {"session_id": session_id, "message_id": message_id}
-    ).scalar()
-    return status
+    row = statements.take_early_ack.first(
+        connection, {"session_id": session_id, "message_id": message_id}
+    )
+    return None if row is None else str(row["status"])
 
 
 def _advance_row(
     connection: Connection, statements: _Statements, session_id: str, message_id: str, status: str
-) -> Any:
+) -> dict[str, Any] | None:
     """Move the row of ``message_id`` forward to ``status``: the updated row, or None
     when there is no such row or ``status`` would not move it (see :func:`advance`)."""
-    return connection.execute(
-        statements.ack[status],
+    return statements.ack[status].first(
+        connection,
         {"key_session_id": session_id, "key_message_id": message_id, "now": utc_now()},
-    ).first()
+    )
 
 
 def _history_conditions(
@@ -444,7 +482,7 @@ class MessageStore:
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._database = database
         self._backend = database.backend
-        self._sql = _Statements(database.backend)
+        self._sql = _Statements(database.backend, database.engine.dialect)
         # Records built by _record() read through the ORM's attribute descriptors, which
         # work only once the mappers are configured (a first query would do it too).
         configure_mappers()
@@ -503,17 +541,17 @@ class MessageStore:
 
         def work(connection: Connection) -> tuple[MessageRecord, bool]:
             if values["idempotency_key"] is None:
-                connection.execute(sql.insert, values)
+                sql.insert.run(connection, values)
                 return MessageRecord.model_construct(**values), True
             # The unique (session_id, idempotency_key) index decides: no row back means
             # the key was used, and the first request's row is the answer.
-            if connection.execute(sql.insert_keyed, values).first() is not None:
+            if sql.insert_keyed.first(connection, values) is not None:
                 return MessageRecord.model_construct(**values), True
-            row = connection.execute(
-                sql.by_idempotency_key,
+            row = sql.by_idempotency_key.first(
+                connection,
                 {"session_id": values["session_id"], "idempotency_key": values["idempotency_key"]},
-            ).one()
-            return _record(row), False
+            )
+            return _record(_one(row)), False
 
         return await self._writes.submit(work)
 
@@ -535,36 +573,39 @@ class MessageStore:
         sql = self._sql
 
         def work(connection: Connection) -> MessageRecord:
-            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
+            row = sql.by_id.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
-            if row.message_id is not None:
-                if row.message_id != message_id:
-                    raise MessageIdConflictError(record_id, row.message_id, message_id)
+            if row["message_id"] is not None:
+                if row["message_id"] != message_id:
+                    raise MessageIdConflictError(record_id, row["message_id"], message_id)
                 return _record(row)
-            status = advance(row.status, AckStatus.SENT)
-            early = _take_early_ack(connection, sql, row.session_id, message_id)
+            status = advance(row["status"], AckStatus.SENT.value)
+            early = _take_early_ack(connection, sql, row["session_id"], message_id)
             if early is not None:
                 status = advance(status, early)
             values: dict[str, Any] = {
-                "record_id": row.id,
+                "record_id": row["id"],
                 "message_id": message_id,
                 "timestamp": timestamp,
-                "updated_at": _later(utc_now(), row.created_at),
+                "updated_at": _later(utc_now(), row["created_at"]),
+                "idempotency_key": row["idempotency_key"],
+                "raw": row["raw"],
+                "quoted_message_id": row["quoted_message_id"],
             }
             # Engines usually echo a send before it returns: the echo is a row of its
             # own by now, merged into this one (which keeps its id and key).
-            echo = connection.execute(
-                sql.by_message_id, {"session_id": row.session_id, "message_id": message_id}
-            ).first()
+            echo = sql.by_message_id.first(
+                connection, {"session_id": row["session_id"], "message_id": message_id}
+            )
             if echo is not None:
-                status = advance(status, echo.status)
-                values["idempotency_key"] = row.idempotency_key or echo.idempotency_key
-                values["raw"] = row.raw or echo.raw
-                values["quoted_message_id"] = row.quoted_message_id or echo.quoted_message_id
-                connection.execute(sql.delete, {"record_id": echo.id})
+                status = advance(status, echo["status"])
+                values["idempotency_key"] = row["idempotency_key"] or echo["idempotency_key"]
+                values["raw"] = row["raw"] or echo["raw"]
+                values["quoted_message_id"] = row["quoted_message_id"] or echo["quoted_message_id"]
+                sql.delete.run(connection, {"record_id": echo["id"]})
             values["status"] = status
-            return _record(connection.execute(sql.update, values).one())
+            return _record(_one(sql.mark_sent.first(connection, values)))
 
         return await self._writes.submit(work)
 
@@ -577,18 +618,18 @@ class MessageStore:
         sql = self._sql
 
         def work(connection: Connection) -> MessageRecord:
-            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
+            row = sql.by_id.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
-            if row.status != AckStatus.PENDING:
+            if row["status"] != AckStatus.PENDING:
                 return _record(row)
             changes = {
-                "record_id": row.id,
+                "record_id": row["id"],
                 "status": AckStatus.FAILED.value,
                 "failure_reason": reason,
-                "updated_at": _later(utc_now(), row.created_at),
+                "updated_at": _later(utc_now(), row["created_at"]),
             }
-            return _record(connection.execute(sql.update, changes).one())
+            return _record(_one(sql.mark_failed.first(connection, changes)))
 
         return await self._writes.submit(work)
 
@@ -632,15 +673,15 @@ class MessageStore:
         def work(connection: Connection) -> tuple[MessageRecord, bool]:
             # The unique (session_id, message_id) index decides: no row back means the
             # id is stored already (a re-fired event, or a send's own echo).
-            if connection.execute(sql.insert_engine, values).first() is None:
-                return _record(connection.execute(sql.by_message_id, key).one()), False
+            if sql.insert_engine.first(connection, values) is None:
+                return _record(_one(sql.by_message_id.first(connection, key))), False
             record = MessageRecord.model_construct(**values)
             if values["from_me"]:
                 early = _take_early_ack(connection, sql, session_id, values["message_id"])
                 status = values["status"] if early is None else advance(values["status"], early)
                 if status != values["status"]:
                     changes = {"record_id": values["id"], "status": status}
-                    record = _record(connection.execute(sql.update, changes).one())
+                    record = _record(_one(sql.set_status.first(connection, changes)))
             return record, True
 
         return await self._writes.submit(work)
@@ -707,15 +748,16 @@ class MessageStore:
                 row = _advance_row(connection, sql, session_id, message_id, wanted)
                 if row is not None:
                     return _record(row)
-            row = connection.execute(sql.by_message_id, key).first()
+            row = sql.by_message_id.first(connection, key)
             if row is not None:
                 return _record(row)  # the ack does not move it forward
             if wanted == AckStatus.PENDING:
                 return None
-            kept = connection.execute(sql.early_ack, key).scalar()
+            found = sql.early_ack.first(connection, key)
+            kept = None if found is None else found["status"]
             furthest = wanted if kept is None else advance(kept, wanted)
             if furthest != kept:
-                connection.execute(sql.keep_early_ack, {**key, "status": furthest, "at": utc_now()})
+                sql.keep_early_ack.run(connection, {**key, "status": furthest, "at": utc_now()})
             return None
 
         return await self._writes.submit(work)
@@ -737,8 +779,8 @@ class MessageStore:
         sql = self._sql
 
         def work(connection: Connection) -> MessageRecord | None:
-            row = connection.execute(sql.by_id, {"record_id": record_id}).first()
-            return _record(row) if row is not None and row.session_id == session_id else None
+            row = sql.by_id.first(connection, {"record_id": record_id})
+            return _record(row) if row is not None and row["session_id"] == session_id else None
 
         searchable = _searchable(record_id)
         record = await self._database.run_connection(work, readonly=True) if searchable else None
@@ -753,7 +795,7 @@ class MessageStore:
         key = {"session_id": session_id, "message_id": message_id}
 
         def work(connection: Connection) -> MessageRecord | None:
-            row = connection.execute(sql.by_message_id, key).first()
+            row = sql.by_message_id.first(connection, key)
             return None if row is None else _record(row)
 
         searchable = _searchable(session_id, message_id)
