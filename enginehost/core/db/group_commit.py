@@ -53,7 +53,6 @@ Operation = Callable[[Connection], T]
 class _Queued(Generic[T]):
     operation: Operation[T]
     wake: anyio.Event = field(default_factory=anyio.Event)
-    promoted: bool = False
     finished: bool = False
     result: T | None = None
     error: BaseException | None = None
@@ -93,11 +92,11 @@ class GroupCommit:
             if not self._leading:
                 self._leading = True
                 await self._lead()
-            while not queued.finished:
+            else:
+                # Woken once: finished, or made the successor, who leads the next batch
+                # (a successor is first in the queue, so that batch finishes it).
                 await queued.wake.wait()
-                queued.wake = anyio.Event()
-                if queued.promoted:
-                    queued.promoted = False
+                if not queued.finished:
                     await self._lead()
         if queued.error is not None:
             raise queued.error
@@ -114,9 +113,7 @@ class GroupCommit:
             raise
         finally:
             if self._queue:
-                successor = self._queue[0]
-                successor.promoted = True
-                successor.wake.set()
+                self._queue[0].wake.set()  # its caller leads next
             else:
                 self._leading = False
 
