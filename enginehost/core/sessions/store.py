@@ -2,14 +2,27 @@
 
 A session is addressed by its id or, as an enginehost extension of the contract, by its
 name; :meth:`SessionStore.resolve` accepts either.
+
+Every REST request naming a session, and every send, resolves it first, so the store
+keeps a copy of each row it has seen in memory and answers :meth:`SessionStore.resolve`
+from there: no database work and no thread hop. That is sound because the daemon is the
+only writer of the sessions table and every write goes through this store, which
+updates the copy once the write's transaction is over (:class:`_RowCache` has the rules
+that keep it coherent when reads and writes overlap).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
+from sqlalchemy import JSON
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapper
 from sqlmodel import Session, col, or_, select
 
 from enginehost.core.db.database import Database
@@ -25,8 +38,26 @@ __all__ = [
     "shown",
 ]
 
+T = TypeVar("T")
+
 # Names appear in URLs and logs: letters, digits and . _ - only.
 _NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+
+# Session ids are UUIDs (``models._new_id``). A name may look like one too, and then an
+# id match must win over it (as in resolve's query), so such keys are never answered
+# by name from memory.
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+_MAPPER: Mapper[SessionRecord] = sa_inspect(SessionRecord)
+_COLUMNS = tuple(attribute.key for attribute in _MAPPER.column_attrs)
+# Kept in memory as JSON text: a quarter of the memory of the parsed objects (a status
+# history runs to 20 entries), and parsing it is about as fast as copying them, which
+# each caller needs anyway.
+_JSON_COLUMNS = frozenset(
+    attribute.key
+    for attribute in _MAPPER.column_attrs
+    if isinstance(attribute.columns[0].type, JSON)
+)
 
 
 def _could_name_a_session(key: str) -> bool:
@@ -71,11 +102,166 @@ class SessionNameError(ServiceError):
         return {"errors": [{"path": "name", "message": self.message}]}
 
 
+# ---------------------------------------------------------------------------- the cache
+
+
+def _row_of(record: SessionRecord) -> dict[str, Any]:
+    """The column values of ``record``, sharing no mutable object with it: JSON columns
+    as JSON text, the others are immutable (strings, numbers, datetimes, None)."""
+    row: dict[str, Any] = {}
+    for key in _COLUMNS:
+        value = getattr(record, key)
+        row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
+    return row
+
+
+def _record_of(row: dict[str, Any]) -> SessionRecord:
+    """A new record holding a copy of ``row``: callers may change it freely.
+
+    Built the way the ORM builds a loaded row (an instance with its state, values set
+    directly): going through ``SessionRecord(...)`` costs many times the copy itself,
+    and this runs on every look-up.
+    """
+    record = _MAPPER.class_manager.new_instance()
+    values = record.__dict__
+    values.update(row)
+    for key in _JSON_COLUMNS:
+        values[key] = json.loads(row[key])
+    return record
+
+
+class _RowCache:
+    """Copies of session rows by id (and by name), and the rule for when to trust one.
+
+    The store calls :meth:`begin` before each read or write that may bring a row back
+    and :meth:`end` after it. A write that has finished calls :meth:`wrote` (or
+    :meth:`deleted`, :meth:`wrote_any`), which drops the session's copy. A row that
+    came back is only kept (:meth:`keep`) if no write of its session finished since the
+    operation that read or wrote it began: such a write may have committed after that
+    row was read, and whichever of two overlapping operations comes back last cannot
+    tell whether its row is the older one. So an overlap costs one more database read,
+    never a stale answer: once every write has come back, a copy in memory equals the
+    database row.
+
+    The clock counts finished writes. ``_finished`` (the clock when each session's last
+    write finished) only matters to operations in flight, so it is emptied whenever
+    none is; it never holds more than the sessions written meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._ids_by_name: dict[str, str] = {}
+        self._clock = 0
+        self._finished: dict[str, int] = {}
+        self._finished_any = 0
+        """The clock when the last delete, or write of sessions not named, finished."""
+        self._in_flight = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: str) -> SessionRecord | None:
+        """A copy of the row whose id or name is ``key``, if one is cached."""
+        row = self._rows.get(key)
+        if row is None:
+            if _UUID.match(key):
+                return None  # perhaps the id of a session not cached: ask the database
+            session_id = self._ids_by_name.get(key)
+            if session_id is None:
+                return None
+            row = self._rows[session_id]
+        return _record_of(row)
+
+    def begin(self) -> int:
+        """Note an operation starting; returns the clock to pass to :meth:`keep`."""
+        self._in_flight += 1
+        return self._clock
+
+    def end(self) -> None:
+        """Note an operation ending (whether or not it kept a row)."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._finished.clear()  # no operation left that began before these writes
+
+    def fresh(self, session_id: str, since: int) -> bool:
+        """Whether no write of ``session_id`` finished after clock ``since``."""
+        return self._finished_any <= since and self._finished.get(session_id, 0) <= since
+
+    def keep(self, record: SessionRecord, since: int) -> None:
+        """Cache ``record`` (read or written by an operation begun at ``since``), unless a
+        write of that session finished meanwhile."""
+        if self.fresh(record.id, since):
+            self._store(_row_of(record))
+
+    def wrote(self, session_id: str, record: SessionRecord | None = None, since: int = 0) -> None:
+        """A write of ``session_id`` (begun at ``since``) is over, committed or not.
+
+        ``record`` is the row it committed: cached if fresh. The freshness test comes
+        before this write's own tick, which would otherwise fail it.
+        """
+        fresh = record is not None and self.fresh(session_id, since)
+        self._clock += 1
+        self._finished[session_id] = self._clock
+        self._drop(session_id)
+        if fresh and record is not None:
+            self._store(_row_of(record))
+
+    def deleted(self, session_id: str) -> None:
+        """A delete of ``session_id`` is over, committed or not: drop its copy.
+
+        It counts as a write of every session (deletes are rare), so that nothing in
+        flight brings the row back and ``_finished`` need not remember a gone id.
+        """
+        self._clock += 1
+        self._finished_any = self._clock
+        self._drop(session_id)
+        self._finished.pop(session_id, None)
+
+    def wrote_any(self) -> None:
+        """A write of sessions not known in advance is over: drop every copy."""
+        self._clock += 1
+        self._finished_any = self._clock
+        self._rows.clear()
+        self._ids_by_name.clear()
+
+    def forget(self, session_id: str) -> None:
+        """The database has no such session: drop any copy (nothing was written)."""
+        self._drop(session_id)
+
+    def _store(self, row: dict[str, Any]) -> None:
+        session_id, name = row["id"], row["name"]
+        self._drop(session_id)  # its old name may differ
+        self._rows[session_id] = row
+        self._ids_by_name[name] = session_id
+
+    def _drop(self, session_id: str) -> None:
+        row = self._rows.pop(session_id, None)
+        if row is not None and self._ids_by_name.get(row["name"]) == session_id:
+            del self._ids_by_name[row["name"]]
+
+
+# One cache per open database, shared by every store over it (a test, or a benchmark,
+# may make several): the rules above hold as long as every write of the table made
+# through that database object goes through one of them.
+_CACHES: WeakKeyDictionary[Database, _RowCache] = WeakKeyDictionary()
+
+
+def _cache_for(database: Database) -> _RowCache:
+    cache = _CACHES.get(database)
+    if cache is None:
+        cache = _CACHES[database] = _RowCache()
+    return cache
+
+
+# ---------------------------------------------------------------------------- the store
+
+
 class SessionStore:
-    """Session rows in the data database."""
+    """Session rows in the data database, looked up from memory (see the module doc)."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._cache = _cache_for(database)
 
     async def create(
         self, name: str, *, engine: str, config: dict[str, Any] | None = None
@@ -93,14 +279,24 @@ class SessionStore:
                 raise SessionExistsError(name) from None
             return record
 
-        return await self._database.run(work)
+        since = self._cache.begin()
+        try:
+            created = await self._database.run(work)
+            # A new id: nothing to drop, but someone may have written it already.
+            self._cache.keep(created, since)
+            return created
+        finally:
+            self._cache.end()
 
     async def resolve(self, key: str) -> SessionRecord:
-        """The session whose id or name is ``key``."""
+        """The session whose id or name is ``key`` (a copy: callers may change it)."""
         if not _could_name_a_session(key):
             # Longer than any id or name, or holding NUL (which PostgreSQL refuses in
             # text): no such session, and no need to ask the database.
             raise SessionNotFoundError(key)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
 
         def work(session: Session) -> SessionRecord | None:
             statement = select(SessionRecord).where(
@@ -110,10 +306,15 @@ class SessionStore:
             rows = session.exec(statement).all()
             return next((r for r in rows if r.id == key), rows[0] if rows else None)
 
-        record = await self._database.run(work, readonly=True)
-        if record is None:
-            raise SessionNotFoundError(key)
-        return record
+        since = self._cache.begin()
+        try:
+            record = await self._database.run(work, readonly=True)
+            if record is None:
+                raise SessionNotFoundError(key)
+            self._cache.keep(record, since)
+            return record
+        finally:
+            self._cache.end()
 
     async def list(self, names: frozenset[str] | None = None) -> list[SessionRecord]:
         """Every session (or only those named in ``names``), oldest first."""
@@ -156,7 +357,7 @@ class SessionStore:
             session.add(record)
             return record, previous
 
-        return await self._database.run(work)
+        return await self._write(session_id, work, lambda result: result[0])
 
     async def update(self, session_id: str, **changes: Any) -> SessionRecord:
         """Apply ``changes`` to a session row (bumps ``updated_at``)."""
@@ -171,7 +372,31 @@ class SessionStore:
             session.add(record)
             return record
 
-        return await self._database.run(work)
+        return await self._write(session_id, work, lambda record: record)
+
+    async def _write(
+        self,
+        session_id: str,
+        work: Callable[[Session], T],
+        written: Callable[[T], SessionRecord],
+    ) -> T:
+        """Run ``work``, a write of one session, and bring the cache up to date with it
+        (``written`` picks the committed row out of its result)."""
+        since = self._cache.begin()
+        try:
+            result = await self._database.run(work)
+        except SessionNotFoundError:
+            self._cache.forget(session_id)
+            raise
+        except BaseException:
+            # It may have committed (a commit can fail late): assume it did.
+            self._cache.wrote(session_id)
+            raise
+        else:
+            self._cache.wrote(session_id, written(result), since)
+            return result
+        finally:
+            self._cache.end()
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session row; False when there was none (deleting twice is fine)."""
@@ -183,7 +408,10 @@ class SessionStore:
             session.delete(record)
             return True
 
-        return await self._database.run(work)
+        try:
+            return await self._database.run(work)
+        finally:
+            self._cache.deleted(session_id)
 
     async def reset_in_flight(self, statuses: frozenset[str], reason: str) -> int:
         """At boot: every session left in a live-only status becomes ``disconnected``."""
@@ -202,4 +430,7 @@ class SessionStore:
                 session.add(record)
             return len(rows)
 
-        return await self._database.run(work)
+        try:
+            return await self._database.run(work)
+        finally:
+            self._cache.wrote_any()
