@@ -72,6 +72,7 @@ from enginehost.core.messages.models import (
     MessageRecord,
 )
 from enginehost.core.messages.store import MessageNotFoundError, MessageStore
+from enginehost.core.net.guard import AddressPolicy, RefusedAddressError, guarded_transport
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.models import SessionRecord
@@ -113,6 +114,10 @@ DEFAULT_MEDIA_MAX_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MEDIA_FETCH_TIMEOUT: Final = 20.0
 DEFAULT_SEND_TIMEOUT: Final = 60.0
 MEDIA_MAX_REDIRECTS: Final = 3
+_PRIVATE_ADDRESS: Final = (
+    "it is a loopback, private or link-local address "
+    "(ENGINEHOST_MEDIA_FETCH_PRIVATE_NETWORKS=true allows it)"
+)
 
 TEXT_MAX: Final = 65536
 """Characters of a text message (WhatsApp's own limit is about this)."""
@@ -1002,9 +1007,9 @@ class SendService:
         """Refuse a URL whose host resolves to a non-public address (unless allowed).
 
         A key that may send must not be able to make the host fetch from its own
-        loopback or internal network. (A name re-resolving differently between this
-        check and the connection is not covered: operators who need that guarantee keep
-        the host off internal networks.)
+        loopback or internal network. This early check gives the clear error; the
+        guarded transport (:mod:`enginehost.core.net.guard`) enforces the same rule at
+        connection time, so a name that re-resolves elsewhere after it cannot get in.
         """
         if self.allow_private_networks:
             return
@@ -1017,11 +1022,7 @@ class SendService:
         for info in infos:
             address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
             if not address.is_global:
-                raise MediaFetchError(
-                    host,
-                    "it is a loopback, private or link-local address "
-                    "(ENGINEHOST_MEDIA_FETCH_PRIVATE_NETWORKS=true allows it)",
-                )
+                raise MediaFetchError(host, _PRIVATE_ADDRESS)
 
     async def _fetch(self, url: str) -> tuple[bytes, str | None]:
         """The body and Content-Type of GET ``url`` (at most 3 redirects, size-capped)."""
@@ -1031,6 +1032,9 @@ class SendService:
             with anyio.fail_after(self.media_fetch_timeout):
                 async with (
                     httpx.AsyncClient(
+                        transport=guarded_transport(
+                            AddressPolicy(allow_private=self.allow_private_networks)
+                        ),
                         follow_redirects=True,
                         max_redirects=MEDIA_MAX_REDIRECTS,
                         timeout=self.media_fetch_timeout,
@@ -1091,6 +1095,8 @@ def _fetch_problem(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "it did not answer in time"
     if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc.__cause__, RefusedAddressError):
+            return _PRIVATE_ADDRESS
         return "cannot connect"
     if isinstance(exc, httpx.UnsupportedProtocol):
         return "it redirected to a URL that is not http or https"

@@ -1,0 +1,1 @@
+"""Outbound network requests the host makes on a caller's behalf."""
