@@ -186,6 +186,50 @@ async def test_create_stores_a_proxy_and_masks_its_password(tmp_path: Path) -> N
             assert body["errors"][0]["path"] == path, (fields, body)
 
 
+async def test_a_config_read_back_with_masks_keeps_its_secrets(tmp_path: Path) -> None:
+    """PUT or PATCH of what a GET showed changes only what the client changed."""
+    async with sessions_api(tmp_path) as api:
+        client = api.client(api.admin_secret)
+        secret_config = {"engine_token": "s3cret", "flavour": "plain", "nested": {"password": "pw"}}
+        await create(client, "alpha", proxyUrl="http://bot:hunter2@proxy.lan:3128")
+        shown = await client.patch("/api/sessions/alpha", json={"config": secret_config})
+        config = shown.json()["config"]
+        assert config["engine_token"] == "**********" and "hunter2" not in str(config)
+
+        # Sent back as read, with one harmless change: the secrets stay.
+        config["flavour"] = "changed"
+        response = await client.put("/api/sessions/alpha", json={"config": config})
+        assert response.status_code == 200, response.text
+        stored = (await api.state.sessions.resolve("alpha")).config
+        assert stored["engine_token"] == "s3cret"
+        assert stored["nested"] == {"password": "pw"}
+        assert stored["proxy"]["url"] == "http://bot:hunter2@proxy.lan:3128"
+        assert stored["flavour"] == "changed"
+
+        # A new secret replaces the old one; a changed proxy host takes its URL as given.
+        response = await client.patch(
+            "/api/sessions/alpha",
+            json={
+                "config": {
+                    "engine_token": "fresh",
+                    "proxy": {"url": "http://bot:***@other.lan:3128", "type": "http"},
+                }
+            },
+        )
+        assert response.status_code == 200, response.text
+        stored = (await api.state.sessions.resolve("alpha")).config
+        assert stored["engine_token"] == "fresh"
+        assert stored["proxy"]["url"] == "http://bot:***@other.lan:3128"
+
+        # A mask standing for nothing stored is a clear error, not a stored mask.
+        response = await client.patch(
+            "/api/sessions/alpha", json={"config": {"api_secret": "**********"}}
+        )
+        body = error(response, 422, "validation_failed")
+        assert body["errors"][0]["path"] == "config.api_secret"
+        assert "api_secret" not in (await api.state.sessions.resolve("alpha")).config
+
+
 async def test_create_with_start_starts_at_once(tmp_path: Path) -> None:
     async with sessions_api(tmp_path) as api:
         client = api.client(api.admin_secret)

@@ -301,6 +301,51 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{credentials}@{netloc[1]}"))
 
 
+class MaskedValueError(ValueError):
+    """A masked value came back where no stored secret stands behind it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: {MASK!r} stands for a stored secret, but none is stored here")
+        self.path = path
+
+
+def restore_masked(value: Any, stored: Any, path: str = "config") -> Any:
+    """``value`` with the masks :func:`redact` put in replaced by what ``stored`` has.
+
+    So a client can send back what it read, changing only what it means to change: a
+    :data:`MASK` takes the stored value at the same place, a URL whose password reads
+    ``***`` takes the stored URL's password when the rest of the URL is unchanged.
+    A mask with nothing stored behind it is :class:`MaskedValueError` (storing the
+    mask itself as the secret would silently break the session).
+    """
+    if isinstance(value, Mapping):
+        stored_map = stored if isinstance(stored, Mapping) else {}
+        return {k: restore_masked(v, stored_map.get(k), f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        stored_list = stored if isinstance(stored, list) else []
+        return [
+            restore_masked(v, stored_list[i] if i < len(stored_list) else None, f"{path}[{i}]")
+            for i, v in enumerate(value)
+        ]
+    if value == MASK:
+        if stored is None or stored == MASK:
+            raise MaskedValueError(path)
+        return stored
+    if (
+        isinstance(value, str)
+        and isinstance(stored, str)
+        and ":***@" in value
+        and "://" in stored
+        and value != stored
+    ):
+        try:
+            if mask_url_password(stored) == value:
+                return stored
+        except ValueError:
+            pass
+    return value
+
+
 def redact(value: Any, *, key: str = "", secret: bool = False) -> Any:
     """Mask secrets in nested settings data, for showing settings anywhere.
 

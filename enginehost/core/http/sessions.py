@@ -47,7 +47,7 @@ from enginehost.core.http.errors import ApiError
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
 from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus
-from enginehost.core.settings import redact
+from enginehost.core.settings import MaskedValueError, redact, restore_masked
 
 if TYPE_CHECKING:  # app.py imports this module
     from enginehost.core.http.app import AppState
@@ -283,6 +283,16 @@ def _check_proxy(proxy: Any, path: str, url_path: str | None = None) -> None:
         raise _invalid(f"{path}.type", f"must be one of {', '.join(PROXY_TYPES)}")
 
 
+def _unmasked(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with masked secrets put back from ``stored`` (422 for a mask that
+    stands for nothing stored)."""
+    try:
+        restored: dict[str, Any] = restore_masked(config, stored)
+    except MaskedValueError as exc:
+        raise _invalid(exc.path, str(exc).split(": ", 1)[1]) from None
+    return restored
+
+
 def _check_config(config: Mapping[str, Any]) -> None:
     """Validate what the host itself reads from a session config (422 otherwise):
     ``reconnect`` overrides and ``proxy``. The rest belongs to the engine."""
@@ -451,10 +461,12 @@ async def replace_session_config(
     """Replace the session's whole config with ``config`` (validated like create).
 
     It takes effect at the session's next start; a running session keeps its config
-    until then. The session's config is shown with secrets masked, so send real values
-    again rather than the masked ones a GET returned.
+    until then. The config a GET returned can be sent back as it is: masked secrets
+    (``**********``, and URL passwords shown as ``***``) keep their stored values.
     """
-    return await _set_config(request, access.require_session().id, dict(payload.config))
+    session = access.require_session()
+    config = _unmasked(dict(payload.config), session.config)
+    return await _set_config(request, session.id, config)
 
 
 @router.patch(
@@ -472,10 +484,11 @@ async def update_session_config(
     replaces that key's whole value, ``null`` removes the key, other keys stay.
 
     The result is validated like create and takes effect at the session's next start.
+    Masked secrets sent back (as a GET shows them) keep their stored values.
     """
     session = access.require_session()
     config = dict(session.config)
-    for key, value in payload.config.items():
+    for key, value in _unmasked(dict(payload.config), session.config).items():
         if value is None:
             config.pop(key, None)
         else:
