@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from sqlmodel import Session, col, select
 
@@ -29,13 +29,14 @@ from enginehost.core.auth.models import ApiKey
 from enginehost.core.auth.roles import Role
 from enginehost.core.db.database import Database
 from enginehost.core.engine import utc_now
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.logging import get_logger
 
 __all__ = [
     "ADMIN_KEY_FILE",
     "ApiKeyError",
     "ApiKeyService",
+    "ApiKeyValidationError",
     "AuthenticationError",
     "Principal",
 ]
@@ -60,15 +61,12 @@ class ApiKeyError(ServiceError):
     def __init__(self, status_code: int, code: str, message: str) -> None:
         super().__init__(message, code, status_code=status_code)
 
-    @property
-    def extra(self) -> dict[str, Any]:
-        if self.status_code != 422:
-            return {}
-        # Validation messages read "field: problem"; answer like a validation error.
-        path, _, problem = self.message.partition(": ")
-        if problem and " " not in path:
-            return {"errors": [{"path": path, "message": problem}]}
-        return {}
+
+class ApiKeyValidationError(ApiKeyError, FieldError):
+    """A value given for a key is not acceptable (422, naming the field)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        FieldError.__init__(self, field, problem)
 
 
 class AuthenticationError(Exception):
@@ -118,31 +116,25 @@ def _validate_new_key(
 ) -> tuple[str, Role, list[str] | None]:
     clean_name = name.strip() if isinstance(name, str) else ""
     if not 1 <= len(clean_name) <= 100:
-        raise ApiKeyError(422, "validation_failed", "name: 1 to 100 characters")
+        raise ApiKeyValidationError("name", "1 to 100 characters")
     try:
         clean_role = Role(role)
     except ValueError:
-        raise ApiKeyError(
-            422, "validation_failed", f"role: one of {', '.join(r.value for r in Role)}"
-        ) from None
+        raise ApiKeyValidationError("role", f"one of {', '.join(r.value for r in Role)}") from None
     scope: list[str] | None = None
     if sessions is not None:
         scope = sorted({s.strip() for s in sessions if isinstance(s, str) and s.strip()})
         if not scope:
-            raise ApiKeyError(
-                422, "validation_failed", "sessions: name at least one session, or omit it"
-            )
+            raise ApiKeyValidationError("sessions", "name at least one session, or omit it")
         if clean_role is Role.ADMIN:
-            raise ApiKeyError(
-                422,
-                "validation_failed",
-                "sessions: an admin key cannot be limited to sessions (admin routes are global)",
+            raise ApiKeyValidationError(
+                "sessions", "an admin key cannot be limited to sessions (admin routes are global)"
             )
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            raise ApiKeyError(422, "validation_failed", "expiresAt: include a timezone")
+            raise ApiKeyValidationError("expiresAt", "include a timezone")
         if expires_at <= utc_now():
-            raise ApiKeyError(422, "validation_failed", "expiresAt: must be in the future")
+            raise ApiKeyValidationError("expiresAt", "must be in the future")
     return clean_name, clean_role, scope
 
 
@@ -351,10 +343,8 @@ class ApiKeyService:
 
     async def _ensure_configured_admin(self, secret: str) -> None:
         if len(secret) < MIN_SECRET_LENGTH:
-            raise ApiKeyError(
-                422,
-                "validation_failed",
-                f"ENGINEHOST_ADMIN_KEY must be at least {MIN_SECRET_LENGTH} characters",
+            raise ApiKeyValidationError(
+                "ENGINEHOST_ADMIN_KEY", f"must be at least {MIN_SECRET_LENGTH} characters"
             )
         presented = hash_secret(secret, self._pepper)
 
