@@ -806,3 +806,62 @@ async def test_concurrent_writes_share_transactions(store: MessageStore, data_db
     assert count_messages(data_db, S1) == 60
     for n in range(60):
         assert (await store.by_message_id(S1, f"G{n}")).status == "read"
+
+
+@pytest.mark.anyio
+async def test_stores_of_one_database_share_the_write_queue_and_early_acks(
+    data_db: Any,
+) -> None:
+    first, second = MessageStore(data_db), MessageStore(data_db)
+    assert first.writes is second.writes
+    pending = await send(first)
+    assert await second.apply_ack(S1, "SHARED-ID", AckStatus.READ) is None
+    sent = await first.mark_sent(pending.id, message_id="SHARED-ID", timestamp=T0)
+    assert sent.status == "read"  # the ack kept through the other store was applied
+    assert early_acks(data_db) == []
+
+
+@pytest.mark.anyio
+async def test_early_acks_left_by_an_earlier_run_are_applied(
+    database_url: str, tmp_path: Any
+) -> None:
+    from enginehost.core.db.migrations import upgrade
+    from tests.conftest import open_database
+
+    earlier = open_database(database_url, "data", tmp_path)
+    upgrade(earlier)
+    await MessageStore(earlier).apply_ack(S1, "FROM-BEFORE", AckStatus.DELIVERED)
+    earlier.dispose()
+    later = open_database(database_url, "data", tmp_path)  # a new process, in effect
+    try:
+        store = MessageStore(later)
+        own, _ = await store.store_own(S1, engine_message("FROM-BEFORE", from_me=True))
+        assert own.status == "delivered"
+        assert early_acks(later) == []
+    finally:
+        later.dispose()
+
+
+@pytest.mark.anyio
+async def test_stored_ids_look_for_early_acks_only_when_one_may_exist(
+    store: MessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements = store_module._writer_for(store._database, 256).sql
+    real = statements.take_early_ack
+    looked: list[dict[str, Any]] = []
+
+    class Counting:
+        def first(self, connection: Any, parameters: dict[str, Any]) -> Any:
+            looked.append(parameters)
+            return real.first(connection, parameters)
+
+    monkeypatch.setattr(statements, "take_early_ack", Counting())
+    for n in range(5):
+        pending = await send(store)
+        await store.mark_sent(pending.id, message_id=f"PLAIN{n}", timestamp=T0)
+        await store.store_own(S1, engine_message(f"PLAIN{n}", from_me=True))
+    assert looked == []  # no early ack kept: no DELETE per stored id
+    await store.apply_ack(S1, "EARLY", AckStatus.READ)
+    pending = await send(store)
+    assert (await store.mark_sent(pending.id, message_id="EARLY", timestamp=T0)).status == "read"
+    assert looked == [{"session_id": S1, "message_id": "EARLY"}]

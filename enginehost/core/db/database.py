@@ -60,6 +60,16 @@ class Database:
         sqlite = target.backend == "sqlite"
         self._writers = anyio.CapacityLimiter(1 if sqlite else pooled)
         self._readers = anyio.CapacityLimiter(_SQLITE_READERS if sqlite else pooled)
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, key: str, factory: Callable[[], T]) -> T:
+        """The one object for ``key`` on this database, made by ``factory`` at first use:
+        for state every user of the database must share (a write queue, say), which
+        lives and dies with it."""
+        if key not in self._shared:
+            self._shared[key] = factory()
+        value: T = self._shared[key]
+        return value
 
     @property
     def backend(self) -> str:

@@ -42,6 +42,7 @@ import binascii
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
@@ -388,6 +389,9 @@ class _Statements:
             sa.delete(e).where(*early_key).returning(e.c.status), [e.c.status]
         )
         self.early_ack = direct(sa.select(e.c.status).where(*early_key), [e.c.status])
+        self.early_ack_keys = direct(
+            sa.select(e.c.session_id, e.c.message_id), [e.c.session_id, e.c.message_id]
+        )
         keep = _insert(backend, e)
         self.keep_early_ack = direct(
             keep.on_conflict_do_update(
@@ -427,11 +431,63 @@ def _advanced_by(status: str) -> list[str]:
     return [s for s in _STATUSES if s != status and advance(s, status) == status]
 
 
+class _EarlyAckIndex:
+    """The (session, engine id) pairs that may have an early ack kept: a superset.
+
+    Every stored engine id would otherwise cost a DELETE on ``early_acks`` to look for
+    an ack that almost never came first. Loaded from the table at first use, then
+    added to whenever an early ack is kept (a kept row rolled back stays in: a false
+    "maybe" costs one statement, a missing one would lose an ack). Only the store's
+    serialized writes use it.
+    """
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[str, str]] | None = None
+
+    def may_have(self, connection: Connection, sql: _Statements, key: tuple[str, str]) -> bool:
+        return key in self._loaded(connection, sql)
+
+    def add(self, connection: Connection, sql: _Statements, key: tuple[str, str]) -> None:
+        self._loaded(connection, sql).add(key)
+
+    def reload(self) -> None:
+        """Forget what is known (after a prune): read again at the next use."""
+        self._keys = None
+
+    def _loaded(self, connection: Connection, sql: _Statements) -> set[tuple[str, str]]:
+        if self._keys is None:
+            rows = sql.early_ack_keys.rows(connection, {})
+            self._keys = {(row["session_id"], row["message_id"]) for row in rows}
+        return self._keys
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """What every store of one database shares, so that its writes stay serialized."""
+
+    writes: GroupCommit
+    sql: _Statements
+    early_acks: _EarlyAckIndex
+
+
+def _writer_for(database: Database, max_batch: int) -> _Writer:
+    return database.shared(
+        "messages.writer",
+        lambda: _Writer(
+            GroupCommit(database, max_batch=max_batch, refusals=(MessageError,)),
+            _Statements(database.backend, database.engine.dialect),
+            _EarlyAckIndex(),
+        ),
+    )
+
+
 def _take_early_ack(
-    connection: Connection, statements: _Statements, session_id: str, message_id: str
+    connection: Connection, writer: _Writer, session_id: str, message_id: str
 ) -> str | None:
     """Remove the early ack kept for ``message_id``: its status, None when there is none."""
-    row = statements.take_early_ack.first(
+    if not writer.early_acks.may_have(connection, writer.sql, (session_id, message_id)):
+        return None
+    row = writer.sql.take_early_ack.first(
         connection, {"session_id": session_id, "message_id": message_id}
     )
     return None if row is None else str(row["status"])
@@ -482,13 +538,15 @@ class MessageStore:
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._database = database
         self._backend = database.backend
-        self._sql = _Statements(database.backend, database.engine.dialect)
+        # Stores of one database share its write queue (see the module docs).
+        self._writer = _writer_for(database, max_batch)
+        self._sql = self._writer.sql
         # Records built by _record() read through the ORM's attribute descriptors, which
         # work only once the mappers are configured (a first query would do it too).
         configure_mappers()
         # Every write of this store goes through one queue: concurrent callers share
         # transactions, and no two writes ever race each other (see the module docs).
-        self._writes = GroupCommit(database, max_batch=max_batch, refusals=(MessageError,))
+        self._writes = self._writer.writes
 
     @property
     def writes(self) -> GroupCommit:
@@ -570,7 +628,7 @@ class MessageStore:
         timestamp = _aware("timestamp", timestamp)
         if not _searchable(record_id):
             raise _not_found(record_id)
-        sql = self._sql
+        sql, writer = self._sql, self._writer
 
         def work(connection: Connection) -> MessageRecord:
             row = sql.by_id.first(connection, {"record_id": record_id})
@@ -581,7 +639,7 @@ class MessageStore:
                     raise MessageIdConflictError(record_id, row["message_id"], message_id)
                 return _record(row)
             status = advance(row["status"], AckStatus.SENT.value)
-            early = _take_early_ack(connection, sql, row["session_id"], message_id)
+            early = _take_early_ack(connection, writer, row["session_id"], message_id)
             if early is not None:
                 status = advance(status, early)
             values: dict[str, Any] = {
@@ -668,7 +726,7 @@ class MessageStore:
     ) -> tuple[MessageRecord, bool]:
         values = _engine_values(session_id, message, own=own)
         key = {"session_id": session_id, "message_id": values["message_id"]}
-        sql = self._sql
+        sql, writer = self._sql, self._writer
 
         def work(connection: Connection) -> tuple[MessageRecord, bool]:
             # The unique (session_id, message_id) index decides: no row back means the
@@ -677,7 +735,7 @@ class MessageStore:
                 return _record(_one(sql.by_message_id.first(connection, key))), False
             record = MessageRecord.model_construct(**values)
             if values["from_me"]:
-                early = _take_early_ack(connection, sql, session_id, values["message_id"])
+                early = _take_early_ack(connection, writer, session_id, values["message_id"])
                 status = values["status"] if early is None else advance(values["status"], early)
                 if status != values["status"]:
                     changes = {"record_id": values["id"], "status": status}
@@ -707,7 +765,7 @@ class MessageStore:
             rows.setdefault((session_id, values["message_id"]), values)
         if not rows:
             return set()
-        sql = self._sql
+        sql, writer = self._sql, self._writer
         # One cached statement executed over all rows ("insertmanyvalues"): compiling a
         # multi-row VALUES statement per batch cost more than the inserts themselves.
         statement = (
@@ -721,7 +779,7 @@ class MessageStore:
             inserted = [(row[0], row[1], row[2]) for row in result.all()]
             for session_id, message_id, from_me in inserted:
                 if from_me:
-                    early = _take_early_ack(connection, sql, session_id, message_id)
+                    early = _take_early_ack(connection, writer, session_id, message_id)
                     if early is not None:
                         _advance_row(connection, sql, session_id, message_id, early)
             return {(session_id, message_id) for session_id, message_id, _ in inserted}
@@ -741,7 +799,7 @@ class MessageStore:
         if not _searchable(session_id, message_id):
             return None
         key = {"session_id": session_id, "message_id": message_id}
-        sql = self._sql
+        sql, writer = self._sql, self._writer
 
         def work(connection: Connection) -> MessageRecord | None:
             if wanted != AckStatus.PENDING:
@@ -757,6 +815,7 @@ class MessageStore:
             kept = None if found is None else found["status"]
             furthest = wanted if kept is None else advance(kept, wanted)
             if furthest != kept:
+                writer.early_acks.add(connection, sql, (session_id, message_id))
                 sql.keep_early_ack.run(connection, {**key, "status": furthest, "at": utc_now()})
             return None
 
@@ -766,8 +825,12 @@ class MessageStore:
         """Forget early acks kept longer than ``older_than`` (their message never came)."""
         statement = sa.delete(_EARLY_ACKS).where(_EARLY_ACKS.c.at < utc_now() - older_than)
 
+        early_acks = self._writer.early_acks
+
         def work(connection: Connection) -> int:
-            return int(connection.execute(statement).rowcount)
+            pruned = int(connection.execute(statement).rowcount)
+            early_acks.reload()
+            return pruned
 
         return await self._writes.submit(work)
 
