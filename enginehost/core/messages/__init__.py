@@ -4,6 +4,7 @@ from enginehost.core.messages.models import EarlyAck, MessageDirection, MessageR
 from enginehost.core.messages.store import (
     HISTORY_LIMIT_MAX,
     STALE_PENDING_REASON,
+    AckedMessage,
     InvalidCursorError,
     MessageError,
     MessageIdConflictError,
@@ -16,6 +17,7 @@ from enginehost.core.messages.store import (
 __all__ = [
     "HISTORY_LIMIT_MAX",
     "STALE_PENDING_REASON",
+    "AckedMessage",
     "EarlyAck",
     "InvalidCursorError",
     "MessageDirection",

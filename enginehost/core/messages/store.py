@@ -74,6 +74,7 @@ __all__ = [
     "HISTORY_LIMIT_MAX",
     "RAW_MAX_BYTES",
     "STALE_PENDING_REASON",
+    "AckedMessage",
     "InvalidCursorError",
     "MessageError",
     "MessageIdConflictError",
@@ -388,6 +389,12 @@ class _Statements:
         self.take_early_ack = direct(
             sa.delete(e).where(*early_key).returning(e.c.status), [e.c.status]
         )
+        self.status_by_message_id = direct(
+            sa.select(m.c.id, m.c.status).where(
+                in_session, m.c.message_id == bindparam("message_id")
+            ),
+            [m.c.id, m.c.status],
+        )
         self.early_ack = direct(sa.select(e.c.status).where(*early_key), [e.c.status])
         self.early_ack_keys = direct(
             sa.select(e.c.session_id, e.c.message_id), [e.c.session_id, e.c.message_id]
@@ -415,8 +422,8 @@ class _Statements:
                     m.c.status.in_([sa.literal_column(f"'{s}'") for s in _advanced_by(status)]),
                 )
                 .values(status=status, updated_at=later)
-                .returning(*m.c),
-                every,
+                .returning(m.c.id, m.c.status),
+                [m.c.id, m.c.status],
             )
             for status in _STATUSES
             if status != AckStatus.PENDING
@@ -462,6 +469,14 @@ class _EarlyAckIndex:
 
 
 @dataclass(frozen=True, slots=True)
+class AckedMessage:
+    """What an ack left: the message's record id and its status now."""
+
+    id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Writer:
     """What every store of one database shares, so that its writes stay serialized."""
 
@@ -496,8 +511,8 @@ def _take_early_ack(
 def _advance_row(
     connection: Connection, statements: _Statements, session_id: str, message_id: str, status: str
 ) -> dict[str, Any] | None:
-    """Move the row of ``message_id`` forward to ``status``: the updated row, or None
-    when there is no such row or ``status`` would not move it (see :func:`advance`)."""
+    """Move the row of ``message_id`` forward to ``status``: its id and new status, or
+    None when there is no such row or ``status`` would not move it (see :func:`advance`)."""
     return statements.ack[status].first(
         connection,
         {"key_session_id": session_id, "key_message_id": message_id, "now": utc_now()},
@@ -788,10 +803,11 @@ class MessageStore:
 
     async def apply_ack(
         self, session_id: str, message_id: str, status: AckStatus | str
-    ) -> MessageRecord | None:
-        """Apply an ack, forward only (see :func:`advance`); the row, or ``None`` when no
-        row has ``message_id`` yet: the ack is then kept (the furthest one) and applied
-        when the id is stored. A ``pending`` ack changes nothing."""
+    ) -> AckedMessage | None:
+        """Apply an ack, forward only (see :func:`advance`): the message's record id and
+        status after it, or ``None`` when no row has ``message_id`` yet: the ack is then
+        kept (the furthest one) and applied when the id is stored. A ``pending`` ack
+        changes nothing."""
         try:
             wanted = AckStatus(status).value
         except ValueError:
@@ -801,14 +817,14 @@ class MessageStore:
         key = {"session_id": session_id, "message_id": message_id}
         sql, writer = self._sql, self._writer
 
-        def work(connection: Connection) -> MessageRecord | None:
+        def work(connection: Connection) -> AckedMessage | None:
             if wanted != AckStatus.PENDING:
                 row = _advance_row(connection, sql, session_id, message_id, wanted)
                 if row is not None:
-                    return _record(row)
-            row = sql.by_message_id.first(connection, key)
+                    return AckedMessage(row["id"], row["status"])
+            row = sql.status_by_message_id.first(connection, key)
             if row is not None:
-                return _record(row)  # the ack does not move it forward
+                return AckedMessage(row["id"], row["status"])  # not moved forward
             if wanted == AckStatus.PENDING:
                 return None
             found = sql.early_ack.first(connection, key)
