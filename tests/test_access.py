@@ -170,6 +170,43 @@ async def test_bearer_and_header_both_work_and_bad_keys_say_why(tmp_path: Path) 
         assert short.json()["message"] == "invalid API key: malformed API key"
 
 
+@pytest.mark.parametrize(
+    ("headers", "answer"),
+    [
+        # The scheme is case-insensitive, and blanks around the key do not count.
+        ({"Authorization": "bearer {key}"}, 200),
+        ({"Authorization": "BEARER   {key}  "}, 200),
+        # An empty X-API-Key is no key: the bearer token counts.
+        ({"X-API-Key": "", "Authorization": "Bearer {key}"}, 200),
+        # X-API-Key wins over a bearer token.
+        ({"X-API-Key": "{key}", "Authorization": "Bearer ehk_wrong"}, 200),
+        ({"X-API-Key": "ehk_wrong", "Authorization": "Bearer {key}"}, "malformed API key"),
+        # Another scheme, or a scheme without a key, is no key at all.
+        ({"Authorization": "Basic {key}"}, "required"),
+        ({"Authorization": "Bearer"}, "required"),
+        ({"Authorization": "Bearer    "}, "required"),
+        ({"Authorization": "{key}"}, "required"),
+        ({"X-API-Key": ""}, "required"),
+    ],
+)
+async def test_how_a_key_may_be_presented(
+    tmp_path: Path, headers: dict[str, str], answer: int | str
+) -> None:
+    async with api_harness(tmp_path) as api:
+        sent = {name: value.format(key=api.admin_secret) for name, value in headers.items()}
+        response = await api.client().get(f"/api/sessions/{uuid.uuid4()}", headers=sent)
+        if answer == 200:
+            assert response.status_code == 404  # past authentication: no such session
+            assert response.json()["code"] == "session_not_found"
+        else:
+            assert response.status_code == 401
+            message = response.json()["message"]
+            if answer == "required":
+                assert message.startswith("an API key is required")
+            else:
+                assert message == f"invalid API key: {answer}"
+
+
 async def test_the_walk_catches_a_route_added_without_a_rule(tmp_path: Path) -> None:
     from fastapi import APIRouter
 

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.auth.service import ApiKeyService, AuthenticationError, Principal
@@ -69,24 +68,36 @@ class Access:
         return self.session
 
 
-# Declared for OpenAPI (the security schemes); the dependency below reads the headers
-# itself so it can tell "no key" from "bad key" and record both.
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
-_bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
-
-
 def _unauthorized(message: str) -> ApiError:
     return ApiError(
         401, message, code="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="api"'}
     )
 
 
-async def _authenticate(
-    request: Request,
-    api_key: str | None,
-    bearer: HTTPAuthorizationCredentials | None,
-) -> Principal:
-    secret = api_key or (bearer.credentials if bearer is not None else None)
+def presented_key(request: Request) -> str | None:
+    """The key the request carries: ``X-API-Key``, else ``Authorization: Bearer <key>``.
+
+    Read here rather than through FastAPI's ``APIKeyHeader``/``HTTPBearer`` dependencies:
+    the same rules (an empty value is no key; the scheme is case-insensitive; the first
+    header of a name counts), without two sub-dependencies to solve on every request. The
+    OpenAPI document declares both schemes itself (:mod:`enginehost.core.http.openapi`).
+    """
+    headers = request.headers
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return api_key
+    authorization = headers.get("authorization")
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not (scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+async def _authenticate(request: Request) -> Principal:
+    secret = presented_key(request)
     if not secret:
         request.state.auth_failure = "no API key"
         raise _unauthorized("an API key is required (X-API-Key or Authorization: Bearer)")
@@ -110,20 +121,14 @@ def requires(role: Role, scope: Scope, *, missing_ok: bool = False) -> Any:
     """
     rule = Rule(role=role, scope=scope)
 
-    async def dependency(
-        request: Request,
-        api_key: Annotated[str | None, Depends(_api_key_header)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Access:
-        return await _authorize(request, api_key, bearer, role, scope)
+    async def dependency(request: Request) -> Access:
+        return await _authorize(request, role, scope)
 
     async def session_dependency(
         request: Request,
-        api_key: Annotated[str | None, Depends(_api_key_header)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         session_id: Annotated[str, Path(alias="sessionId", description=_SESSION_ID_DOC)],
     ) -> Access:
-        return await _authorize(request, api_key, bearer, role, scope, session_id, missing_ok)
+        return await _authorize(request, role, scope, session_id, missing_ok)
 
     # Session routes declare {sessionId} here, once, for every route (and OpenAPI).
     chosen: Any = session_dependency if scope is Scope.SESSION else dependency
@@ -136,14 +141,12 @@ _SESSION_ID_DOC = "The session's id, or (an enginehost extension) its name."
 
 async def _authorize(
     request: Request,
-    api_key: str | None,
-    bearer: HTTPAuthorizationCredentials | None,
     role: Role,
     scope: Scope,
     session_key: str | None = None,
     missing_ok: bool = False,
 ) -> Access:
-    principal = await _authenticate(request, api_key, bearer)
+    principal = await _authenticate(request)
     if not principal.role.allows(role):
         raise ApiError(
             403,
