@@ -20,7 +20,7 @@ from starlette.types import Message, Scope
 
 from enginehost.core.db import DatabaseBusyError, DatabaseUnavailableError
 from enginehost.core.http.errors import ApiError, request_id
-from enginehost.core.http.middleware import is_json_media_type
+from enginehost.core.http.middleware import is_json_media_type, new_request_id
 from enginehost.core.logging import configure_logging
 from tests.support.api import ADMIN_SECRET, ApiHarness, api_harness
 
@@ -476,6 +476,35 @@ async def test_every_log_line_of_a_request_carries_its_id(
     lines = {line["event"]: line for line in _log_lines(log_stream)}
     assert lines["test.inside_the_route"]["request_id"] == "trace-7"
     assert "request_id" not in lines["test.outside_any_request"]
+
+
+def test_made_request_ids_are_random_canonical_uuid4s() -> None:
+    made = [new_request_id() for _ in range(5000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text and UUID4.fullmatch(text)
+    # Every random bit varies: none is stuck at 0 or 1 across the ids.
+    ors = ands = int(made[0].replace("-", ""), 16)
+    for text in made[1:]:
+        value = int(text.replace("-", ""), 16)
+        ors, ands = ors | value, ands & value
+    fixed = (0xF << 76) | (0x3 << 62)  # the version and variant bits
+    assert ors | fixed == (1 << 128) - 1 and ands & ~fixed == 0
+
+
+async def test_the_log_context_is_restored_after_a_request(api: ApiHarness) -> None:
+    """A request_id bound around the app (say, by an embedding host) is back afterwards."""
+    tokens = structlog.contextvars.bind_contextvars(request_id="outer", other="kept")
+    try:
+        response = await api.client().get("/api/health", headers={"X-Request-Id": "inner"})
+        assert response.headers["x-request-id"] == "inner"
+        context = structlog.contextvars.get_contextvars()
+        assert (context["request_id"], context["other"]) == ("outer", "kept")
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    assert "request_id" not in structlog.contextvars.get_contextvars()
 
 
 async def test_the_request_id_is_in_the_request_state(api: ApiHarness) -> None:

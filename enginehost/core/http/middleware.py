@@ -15,15 +15,13 @@ Two pure ASGI middlewares, cheap on every request and never buffering a body:
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from enginehost.core.http.errors import (
     ERROR_LOGGED_STATE_KEY,
@@ -93,18 +91,24 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def new_request_id() -> str:
+    """A random UUID4 in its canonical form, like ``str(uuid.uuid4())`` at half the cost
+    (no :class:`uuid.UUID` object is built on the way)."""
+    bits = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+# RFC 9562: version 4 in bits 76-79, variant 0b10 in bits 62-63.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
 class CorrelationMiddleware:
     """``X-Request-Id`` on every response, in the request state and in the log context."""
 
-    def __init__(
-        self, app: ASGIApp, bind: Callable[..., AbstractContextManager[Any]] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        if bind is None:
-            from structlog.contextvars import bound_contextvars
-
-            bind = bound_contextvars
-        self._bind = bind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,36 +118,41 @@ class CorrelationMiddleware:
         if incoming is not None and _WELL_FORMED_ID.fullmatch(incoming):
             request_id = incoming.decode("ascii")
         else:
-            request_id = str(uuid.uuid4())
+            request_id = new_request_id()
         state = request_state(scope)
         state[REQUEST_ID_STATE_KEY] = request_id
-        encoded = request_id.encode("ascii")
+        id_header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
         response_complete = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal response_complete
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 headers = [
-                    (key, value)
-                    for key, value in message.get("headers", ())
-                    if key.lower() != _REQUEST_ID_NAME
+                    header
+                    for header in message.get("headers", ())
+                    if header[0].lower() != _REQUEST_ID_NAME
                 ]
-                headers.append((_REQUEST_ID_NAME, encoded))
+                headers.append(id_header)
                 message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            elif kind == "http.response.body" and not message.get("more_body"):
                 response_complete = True
             await send(message)
 
-        with self._bind(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception:
-                # Starlette's error middleware answers with our 500 handler, then re-raises
-                # so that a server can log the error. The handler logged it already (with
-                # this request id); a complete answer needs no second, id-less traceback.
-                if response_complete and state.get(ERROR_LOGGED_STATE_KEY):
-                    return
-                raise
+        # Bound with a token and reset after, not with structlog's ``bound_contextvars``
+        # (a generator context manager, several times the cost): same effect.
+        tokens = bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's error middleware answers with our 500 handler, then re-raises
+            # so that a server can log the error. The handler logged it already (with
+            # this request id); a complete answer needs no second, id-less traceback.
+            if response_complete and state.get(ERROR_LOGGED_STATE_KEY):
+                return
+            raise
+        finally:
+            reset_contextvars(**tokens)
 
 
 class RequestGuards:
