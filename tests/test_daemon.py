@@ -32,6 +32,9 @@ def test_serves_health_and_stops_cleanly_on_signal(
     daemons.append(daemon)
     daemon.start()
     assert data_dir.is_dir()
+    # httptools parses requests (a dependency: h11 costs measurably more CPU per request).
+    listening = next(line for line in daemon.lines if line["event"] == "http.listening")
+    assert (listening["http"], listening["loop"]) == ("httptools", "asyncio")
     health = httpx.get(f"{daemon.url}/api/health", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert httpx.get(f"{daemon.url}/api/health/ready", timeout=5).status_code == 200

@@ -9,10 +9,15 @@ readiness turns 503 at once, the HTTP server stops taking requests, ``host_stopp
 runs, engine plugins are disabled, database connections close. A second signal during
 shutdown stops waiting for open HTTP requests. The host owns the signals; uvicorn's own
 handlers are switched off so there is exactly one place that decides how the process ends.
+
+Requests are parsed by httptools, a dependency (uvicorn falls back to its pure-Python h11,
+measurably more CPU per request, where it cannot be imported). The loop is asyncio's own:
+uvloop measured no cheaper for this daemon. The ``http.listening`` log line names both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import importlib.metadata
@@ -174,7 +179,14 @@ async def _serve_with(
             if not started:
                 tg.cancel_scope.cancel()
             else:
-                log.info("http.listening", host=host, port=port, url=f"http://{host}:{port}/api")
+                log.info(
+                    "http.listening",
+                    host=host,
+                    port=port,
+                    url=f"http://{host}:{port}/api",
+                    loop=_loop_name(),
+                    http=_http_parser_name(server),
+                )
                 if on_listening is not None:
                     on_listening(host, port)
                 # Bounded: an extension that hangs here must not keep the host from ready.
@@ -262,6 +274,18 @@ async def _run_server(server: uvicorn.Server, sock: socket.socket, done: anyio.E
         log.error("http.server_exited", code=exc.code)
     finally:
         done.set()
+
+
+def _loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the package of the loop this runs on."""
+    return type(asyncio.get_running_loop()).__module__.split(".", 1)[0]
+
+
+def _http_parser_name(server: uvicorn.Server) -> str:
+    """``httptools`` or ``h11``: the HTTP/1.1 implementation uvicorn picked."""
+    protocol = getattr(server.config, "http_protocol_class", None)
+    module = getattr(protocol, "__module__", "")
+    return module.rsplit(".", 1)[-1].removesuffix("_impl") or "unknown"
 
 
 async def _wait_until_started(server: uvicorn.Server, done: anyio.Event) -> bool:
