@@ -45,6 +45,31 @@ def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+async def test_the_document_reads_in_the_documented_order(
+    api: ApiHarness, spec: dict[str, Any]
+) -> None:
+    """Routers are matched busiest first, but the document keeps the reading order:
+    health, plugins, keys, settings, audit, templates, sessions, messages."""
+    paths = list(spec["paths"])
+    assert paths[0] == "/api/health"
+    first_of = {
+        group: next(i for i, p in enumerate(paths) if p.startswith(prefix))
+        for group, prefix in [
+            ("keys", "/api/auth/api-keys"),
+            ("settings", "/api/settings"),
+            ("audit", "/api/audit"),
+            ("sessions", "/api/sessions"),
+            ("messages", "/api/sessions/{sessionId}/messages/send-text"),
+        ]
+    }
+    assert list(first_of.values()) == sorted(first_of.values()), first_of
+    # And the app does match the busiest routers first.
+    matched = [route.path_format for route in api_routes(api.app)]
+    assert matched.index("/api/sessions/{sessionId}/messages/send-text") < matched.index(
+        "/api/health"
+    )
+
+
 async def test_the_document_is_valid_openapi(spec: dict[str, Any]) -> None:
     validate(spec)
     assert spec["openapi"].startswith("3.1")

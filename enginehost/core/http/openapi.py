@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -174,9 +175,11 @@ bytes. JSON is camelCase everywhere.
 """
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, path_order: Sequence[str] = ()) -> None:
     """Describe every route's auth requirement and error responses in ``app``'s schema.
 
+    ``path_order`` lists paths in the order the document should show them (FastAPI's
+    is the order routes are matched in); paths it does not name follow in that order.
     FastAPI's document is completed once, and again only when FastAPI rebuilds it (it
     does when routes were added since); the result is ``app.openapi_schema``.
     """
@@ -185,6 +188,9 @@ def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         schema = FastAPI.openapi(app)  # FastAPI's own cache: ours while routes are unchanged
         if not completed or schema is not completed[0]:
+            paths: dict[str, Any] = schema.get("paths", {})
+            ordered = {path: paths[path] for path in path_order if path in paths}
+            schema["paths"] = {**ordered, **paths}
             complete_openapi(app, schema)
             completed[:] = [schema]
             app.openapi_schema = schema
