@@ -68,6 +68,12 @@ class FailingDatabase:
             return await self.real.run(work, *args, readonly=True)
         raise RuntimeError("main database is gone")
 
+    async def run_connection(self, work: Any, *, readonly: bool = False) -> Any:
+        self.calls += 1
+        if readonly:
+            return await self.real.run_connection(work, readonly=True)
+        raise RuntimeError("main database is gone")
+
 
 @pytest.fixture
 def main_db(database_url: str, tmp_path: Path) -> Iterator[Any]:

@@ -19,10 +19,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import anyio
 from sqlalchemy import ColumnElement, Table, delete, func, insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from enginehost.core.audit.models import AuditEntry
@@ -200,7 +202,7 @@ class AuditLog:
 
     async def _write(self, batch: list[AuditRecord]) -> None:
         try:
-            await self.database.run(_insert, batch)
+            await self.database.run_connection(partial(_insert, batch=batch))
         except anyio.get_cancelled_exc_class():
             # Cancelled before the transaction ran (the worker thread is never
             # interrupted once started): keep the entries for the final flush.
@@ -326,11 +328,13 @@ def _require_aware(name: str, value: datetime | None) -> None:
         raise ValueError(f"{name} must be timezone-aware, got the naive {value!r}")
 
 
-def _insert(db: Session, batch: list[AuditRecord]) -> None:
-    # The table, not the entity: an ORM bulk insert spends more on its bookkeeping per
-    # row than the insert itself costs, and every mutating request makes a row.
-    table = cast(Table, AuditEntry.__table__)  # type: ignore[attr-defined]
-    db.connection().execute(insert(table), [entry.row() for entry in batch])
+_INSERT = insert(cast(Table, AuditEntry.__table__))  # type: ignore[attr-defined]
+
+
+def _insert(connection: Connection, batch: list[AuditRecord]) -> None:
+    # The table on a plain connection, not the entity in an ORM session: the ORM's
+    # bookkeeping cost more than the insert, and every mutating request makes a row.
+    connection.execute(_INSERT, [entry.row() for entry in batch])
 
 
 def _delete_before(db: Session, cutoff: datetime) -> int:
