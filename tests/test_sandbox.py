@@ -181,6 +181,7 @@ def test_config_defaults() -> None:
     assert config.push_name == "Sandbox"
     assert config.ack_delay_seconds == 0.05
     assert config.qr_rotate_seconds == 20
+    assert config.remember_messages == 10_000
     assert (config.fail_enable, config.fail_start, config.enable_not_ready_times) == (
         None,
         None,
@@ -713,6 +714,22 @@ async def test_reply_quotes_a_known_message(tmp_path: Path, services: HostServic
             await engine.send_text(PEER, "answer", quoted_message_id="3EB0NOPE")
         with pytest.raises(EngineError, match="is in chat"):
             await engine.send_text(OTHER_PEER, "answer", quoted_message_id=inbound.message_id)
+
+
+@pytest.mark.anyio
+async def test_remembered_messages_are_bounded(tmp_path: Path, services: HostServices) -> None:
+    plugin = await enabled_plugin(tmp_path, services, remember_messages=3, ack_delay_seconds=60)
+    sink = Recorder()
+    async with ready_engine(plugin, sink) as engine:
+        first = await engine.receive_text(PEER, "oldest")
+        for n in range(4):
+            await engine.send_text(PEER, f"m{n}")
+        assert [m.body for m in engine.sent] == ["m1", "m2", "m3"]
+        assert len(engine.received) == 1
+        # The oldest message is forgotten: a reply to it is a clear error, not a leak.
+        with pytest.raises(EngineError, match="never sent or received"):
+            await engine.send_text(PEER, "late answer", quoted_message_id=first.message_id)
+        await engine.send_text(PEER, "reply", quoted_message_id=engine.sent[-1].message_id)
 
 
 @pytest.mark.anyio

@@ -47,6 +47,14 @@ class SandboxConfig(EngineConfig):
     ack_delay_seconds: float = Field(
         0.05, ge=0, description="Delay before each ack step (sent, delivered, read) of a send."
     )
+    remember_messages: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Messages a session remembers (sent and received, for replies, "
+        "reactions and forwards, and in its sent/received lists); older ones are forgotten, "
+        "so a long-running session's memory stays bounded.",
+    )
     qr_rotate_seconds: float = Field(
         20, gt=0, description="Seconds a QR stays valid before a new one is emitted."
     )

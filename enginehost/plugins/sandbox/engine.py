@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,22 @@ class _Link(enum.Enum):
     READY = "ready"
 
 
+class _Recent(list[EngineMessage]):
+    """A list of the newest ``limit`` messages: appending past it drops the oldest.
+
+    A list, not a deque, so tests compare it with lists as before.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+
+    def append(self, message: EngineMessage) -> None:
+        super().append(message)
+        if len(self) > self._limit:
+            del self[0]
+
+
 class SandboxEngine(Engine):
     """One sandbox connection of one session. Single-use, like every engine object.
 
@@ -139,8 +156,10 @@ class SandboxEngine(Engine):
         self._live = live_engines
         self._take_forced_failure = take_forced_failure
 
-        self.sent: list[EngineMessage] = []
-        self.received: list[EngineMessage] = []
+        # Bounded (remember_messages): a daemon runs for months, sending all along.
+        remembered = config.remember_messages
+        self.sent = _Recent(remembered)
+        self.received = _Recent(remembered)
         self.reactions: dict[str, str] = {}
         self.deleted: set[str] = set()
         self.qr_payload: str | None = None
@@ -149,7 +168,8 @@ class SandboxEngine(Engine):
 
         self._link = _Link.CONNECTING
         self._linked = anyio.Event()
-        self._messages: dict[str, EngineMessage] = {}
+        self._messages: OrderedDict[str, EngineMessage] = OrderedDict()
+        self._remembered = remembered
         self._pairing_number: str | None = None
         # The keys in a WhatsApp QR belong to the device and stay the same while the
         # server's ref rotates; only the ref part changes between payloads.
@@ -511,7 +531,7 @@ class SandboxEngine(Engine):
         )
 
     async def _send(self, message: EngineMessage) -> SendResult:
-        self._messages[message.message_id] = message
+        self._remember(message)
         self.sent.append(message)
         # Real engines echo API sends as own messages; the host relies on it.
         await self.emit(OwnMessageEvent(message=message))
@@ -524,6 +544,11 @@ class SandboxEngine(Engine):
         for status in (AckStatus.SENT, AckStatus.DELIVERED, AckStatus.READ):
             await anyio.sleep(self.config.ack_delay_seconds)
             await self.emit(AckEvent(message_id=message_id, status=status, chat_id=chat_id))
+
+    def _remember(self, message: EngineMessage) -> None:
+        self._messages[message.message_id] = message
+        if len(self._messages) > self._remembered:
+            self._messages.popitem(last=False)  # the oldest
 
     def _new_id(self, prefix: str, random_bytes: int) -> str:
         # 80 random bits make a collision practically impossible; the check makes it certain.
@@ -562,7 +587,7 @@ class SandboxEngine(Engine):
             from_me=False,
             body=text,
         )
-        self._messages[message.message_id] = message
+        self._remember(message)
         self.received.append(message)
         await self.emit(MessageEvent(message=message))
         return message
@@ -579,7 +604,7 @@ class SandboxEngine(Engine):
             from_me=True,
             body=text,
         )
-        self._messages[message.message_id] = message
+        self._remember(message)
         await self.emit(OwnMessageEvent(message=message))
         return message
 
