@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(
         90, ge=1, le=3650, description="Days audit entries are kept (pruned at boot and daily)."
     )
+    http_fast_path: bool = Field(
+        True,
+        description="Serve well-formed send-text requests without FastAPI's per-request "
+        "machinery (same checks and answers; anything else takes the normal route).",
+    )
     max_request_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1024,

@@ -28,6 +28,7 @@ from enginehost.core.http import (
     templates,
 )
 from enginehost.core.http.errors import install_error_handlers
+from enginehost.core.http.fast_path import install_fast_path
 from enginehost.core.http.middleware import install_middleware
 from enginehost.core.http.openapi import install_openapi
 from enginehost.core.messages.send import SendService
@@ -74,6 +75,7 @@ def create_app(state: AppState) -> FastAPI:
     )
     app.state.host = state
     install_error_handlers(app)
+    install_fast_path(app)  # innermost: just outside the routing, inside the guards
     install_middleware(app)
     audit.install_audit(app)
     for module in _MATCHED_IN_ORDER:

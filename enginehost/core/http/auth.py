@@ -26,7 +26,16 @@ from enginehost.core.http.errors import ApiError
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
 
-__all__ = ["Access", "Rule", "Scope", "api_routes", "public", "requires", "route_rule"]
+__all__ = [
+    "Access",
+    "Rule",
+    "Scope",
+    "api_routes",
+    "authorize",
+    "public",
+    "requires",
+    "route_rule",
+]
 
 
 class Scope(enum.StrEnum):
@@ -122,13 +131,13 @@ def requires(role: Role, scope: Scope, *, missing_ok: bool = False) -> Any:
     rule = Rule(role=role, scope=scope)
 
     async def dependency(request: Request) -> Access:
-        return await _authorize(request, role, scope)
+        return await authorize(request, role, scope)
 
     async def session_dependency(
         request: Request,
         session_id: Annotated[str, Path(alias="sessionId", description=_SESSION_ID_DOC)],
     ) -> Access:
-        return await _authorize(request, role, scope, session_id, missing_ok)
+        return await authorize(request, role, scope, session_id, missing_ok)
 
     # Session routes declare {sessionId} here, once, for every route (and OpenAPI).
     chosen: Any = session_dependency if scope is Scope.SESSION else dependency
@@ -139,13 +148,15 @@ def requires(role: Role, scope: Scope, *, missing_ok: bool = False) -> Any:
 _SESSION_ID_DOC = "The session's id, or (an enginehost extension) its name."
 
 
-async def _authorize(
+async def authorize(
     request: Request,
     role: Role,
     scope: Scope,
     session_key: str | None = None,
     missing_ok: bool = False,
 ) -> Access:
+    """The checks of :func:`requires` (see the module doc): the caller's access, or the
+    refusal raised (401, 403 or 404)."""
     principal = await _authenticate(request)
     if not principal.role.allows(role):
         raise ApiError(

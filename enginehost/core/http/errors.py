@@ -254,6 +254,18 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal error", **extra), status_code=500)
 
 
+async def error_response(request: Request, exc: Exception) -> JSONResponse | None:
+    """The answer the app's handlers give for ``exc`` when it is a caller's or the
+    database's problem; None for anything else (an unexpected error, re-raise it)."""
+    if isinstance(exc, ApiError):
+        return await _api_error(request, exc)
+    if isinstance(exc, ServiceError):
+        return await _service_error(request, exc)
+    if isinstance(exc, _DATABASE_ERRORS):
+        return await _database_error(request, exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can produce through the error model."""
     app.add_exception_handler(ApiError, _api_error)

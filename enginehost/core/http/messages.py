@@ -59,6 +59,7 @@ __all__ = [
     "SendTemplateRequest",
     "SendTextRequest",
     "router",
+    "send_result",
     "send_service",
 ]
 
@@ -278,6 +279,11 @@ def _unix(moment: datetime) -> int:
 def _result(receipt: SendReceipt, response: Response) -> SendResult:
     if receipt.replayed:
         response.headers[_REPLAYED_HEADER] = "true"
+    return send_result(receipt)
+
+
+def send_result(receipt: SendReceipt) -> SendResult:
+    """The answer to a send (the fast path builds it too)."""
     return SendResult(
         message_id=receipt.message_id,
         timestamp=_unix(receipt.timestamp),
