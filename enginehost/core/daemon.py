@@ -24,6 +24,7 @@ import importlib.metadata
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import anyio
@@ -34,6 +35,7 @@ from enginehost.core.audit.service import AuditLog
 from enginehost.core.auth.keys import load_or_create_pepper
 from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.db import Databases, open_databases, prepare_schemas
+from enginehost.core.db.single_writer import exclusive_writer
 from enginehost.core.events import EventBus
 from enginehost.core.hooks_bridge import forward_events_to_hooks
 from enginehost.core.http.app import AppState, create_app
@@ -116,24 +118,32 @@ async def serve(
     data_dir = prepare_data_dir(settings.data_dir)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         # Connecting and migrating block on disk and network: keep them off the loop.
-        databases = await anyio.to_thread.run_sync(_open_and_prepare, settings, data_dir)
+        databases, writer_lock = await anyio.to_thread.run_sync(
+            _open_and_prepare, settings, data_dir
+        )
         try:
             await _serve_with(settings, data_dir, databases, signals, on_listening, entry_points)
         finally:
+            writer_lock.close()
             databases.dispose()
     log.info("daemon.stopped")
 
 
-def _open_and_prepare(settings: Settings, data_dir: Path) -> Databases:
+def _open_and_prepare(settings: Settings, data_dir: Path) -> tuple[Databases, ExitStack]:
+    """The databases, open and migrated, and the data database's writer lock (held
+    until the stack is closed: one daemon per data database, see ``single_writer``)."""
     databases = open_databases(settings, data_dir)
+    writer_lock = ExitStack()
     try:
+        writer_lock.enter_context(exclusive_writer(databases.data))
         prepare_schemas(databases, auto_migrate=settings.db_auto_migrate)
     except BaseException:
+        writer_lock.close()
         databases.dispose()
         raise
     for database in databases:
         log.info("db.ready", database=database.role.value, url=database.target.describe())
-    return databases
+    return databases, writer_lock
 
 
 async def _serve_with(
