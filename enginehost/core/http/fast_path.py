@@ -30,6 +30,7 @@ from enginehost.core.http.auth import Scope as AccessScope
 from enginehost.core.http.auth import api_routes, authorize
 from enginehost.core.http.errors import error_response
 from enginehost.core.http.messages import SendTextRequest, send_result, send_service
+from enginehost.core.http.middleware import replaying
 
 __all__ = ["FastSendText", "install_fast_path"]
 
@@ -58,7 +59,7 @@ class FastSendText:
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
-        replay = _replaying(messages, receive)
+        replay = replaying(messages, receive)
         if body is None or not await self._serve(scope, match.group(1), body, replay, send):
             await self.app(scope, replay, send)
 
@@ -128,18 +129,6 @@ async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return messages, b"".join(chunks)
-
-
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that first gives back ``messages`` (the body already read)."""
-    pending = list(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 def install_fast_path(app: FastAPI) -> None:

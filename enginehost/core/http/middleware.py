@@ -37,6 +37,7 @@ __all__ = [
     "RequestGuards",
     "install_middleware",
     "is_json_media_type",
+    "replaying",
 ]
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -177,7 +178,7 @@ class RequestGuards:
                 if declared is None:
                     # A streamed body: look at its first bytes to tell empty from not.
                     buffered, has_body = await _peek(receive)
-                    receive = _replay(buffered, receive)
+                    receive = replaying(buffered, receive)
                 else:
                     has_body = declared > 0
                 if has_body:
@@ -239,7 +240,9 @@ async def _peek(receive: Receive) -> tuple[list[Message], bool]:
             return buffered, False
 
 
-def _replay(buffered: list[Message], receive: Receive) -> Receive:
+def replaying(buffered: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives back the ``buffered`` messages (consuming the list)."""
+
     async def replay() -> Message:
         if buffered:
             return buffered.pop(0)
