@@ -35,6 +35,10 @@ def test_serves_health_and_stops_cleanly_on_signal(
     # httptools parses requests (a dependency: h11 costs measurably more CPU per request).
     listening = next(line for line in daemon.lines if line["event"] == "http.listening")
     assert (listening["http"], listening["loop"]) == ("httptools", "asyncio")
+    # The boot's objects are out of the collector's way, and young collections rarer.
+    ready = next(line for line in daemon.lines if line["event"] == "daemon.ready")
+    assert ready["gc_frozen"] > 10_000
+    assert ready["gc_threshold"] == [50_000, 20, 20]
     health = httpx.get(f"{daemon.url}/api/health", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert httpx.get(f"{daemon.url}/api/health/ready", timeout=5).status_code == 200
