@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from sqlalchemy.engine import Connection
 
 from enginehost.core.db.database import Database
@@ -117,6 +118,10 @@ class GroupCommit:
         return queued.result  # type: ignore[return-value]  # T, set by finish()
 
     async def _lead(self) -> None:
+        # One turn of the event loop first: the writes that callers ready to run are
+        # about to submit join this batch instead of waiting for the next (fewer
+        # commits and thread hops under load; a lone write loses a few microseconds).
+        await anyio.lowlevel.checkpoint()
         batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
         try:
             await self._run(batch)
