@@ -389,6 +389,26 @@ class _Statements:
         self.take_early_ack = direct(
             sa.delete(e).where(*early_key).returning(e.c.status), [e.c.status]
         )
+        # What mark_sent needs of the pending row and of an echo (the full rows cost
+        # their timestamps' and JSON's conversion for nothing).
+        for_sent = [
+            m.c.id,
+            m.c.session_id,
+            m.c.message_id,
+            m.c.status,
+            m.c.created_at,
+            m.c.idempotency_key,
+            m.c.raw,
+            m.c.quoted_message_id,
+        ]
+        self.pending_for_sent = direct(
+            sa.select(*for_sent).where(m.c.id == bindparam("record_id")), for_sent
+        )
+        for_merge = [m.c.id, m.c.status, m.c.idempotency_key, m.c.raw, m.c.quoted_message_id]
+        self.echo_for_sent = direct(
+            sa.select(*for_merge).where(in_session, m.c.message_id == bindparam("message_id")),
+            for_merge,
+        )
         self.status_by_message_id = direct(
             sa.select(m.c.id, m.c.status).where(
                 in_session, m.c.message_id == bindparam("message_id")
@@ -646,13 +666,13 @@ class MessageStore:
         sql, writer = self._sql, self._writer
 
         def work(connection: Connection) -> MessageRecord:
-            row = sql.by_id.first(connection, {"record_id": record_id})
+            row = sql.pending_for_sent.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
             if row["message_id"] is not None:
                 if row["message_id"] != message_id:
                     raise MessageIdConflictError(record_id, row["message_id"], message_id)
-                return _record(row)
+                return _record(_one(sql.by_id.first(connection, {"record_id": record_id})))
             status = advance(row["status"], AckStatus.SENT.value)
             early = _take_early_ack(connection, writer, row["session_id"], message_id)
             if early is not None:
@@ -668,7 +688,7 @@ class MessageStore:
             }
             # Engines usually echo a send before it returns: the echo is a row of its
             # own by now, merged into this one (which keeps its id and key).
-            echo = sql.by_message_id.first(
+            echo = sql.echo_for_sent.first(
                 connection, {"session_id": row["session_id"], "message_id": message_id}
             )
             if echo is not None:
