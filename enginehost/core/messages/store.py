@@ -568,7 +568,11 @@ def _history_conditions(
 
 
 class MessageStore:
-    """The messages of every session, in the data database."""
+    """The messages of every session, in the data database.
+
+    ``max_batch`` caps the operations per transaction of the database's write queue; the
+    queue is shared, so the first store made for a database sets it.
+    """
 
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._database = database
@@ -579,8 +583,6 @@ class MessageStore:
         # Records built by _record() read through the ORM's attribute descriptors, which
         # work only once the mappers are configured (a first query would do it too).
         configure_mappers()
-        # Every write of this store goes through one queue: concurrent callers share
-        # transactions, and no two writes ever race each other (see the module docs).
         self._writes = self._writer.writes
 
     @property
