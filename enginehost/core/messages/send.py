@@ -248,39 +248,39 @@ class SendVetoedError(SendError):
         return {"reason": self.reason}
 
 
-class SendInProgressError(SendError):
+class _KeyedSendError(SendError):
+    """A refusal about the send first made with an idempotency key: names its record."""
+
+    explanation: str = ""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__(self.explanation)
+        self.record_id = record_id
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"id": self.record_id}
+
+
+class SendInProgressError(_KeyedSendError):
     """The send first made with this idempotency key has not completed yet."""
 
     status_code = 409
     default_code = "send_in_progress"
-
-    def __init__(self, record_id: str) -> None:
-        super().__init__(
-            "a send with this Idempotency-Key is still in progress; retry shortly for its result"
-        )
-        self.record_id = record_id
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"id": self.record_id}
+    explanation = (
+        "a send with this Idempotency-Key is still in progress; retry shortly for its result"
+    )
 
 
-class IdempotencyKeyReusedError(SendError):
+class IdempotencyKeyReusedError(_KeyedSendError):
     """The idempotency key was used for a different send of the session."""
 
     status_code = 422
     default_code = "idempotency_key_reused"
-
-    def __init__(self, record_id: str) -> None:
-        super().__init__(
-            "this Idempotency-Key was already used for a different send (another chat, type, "
-            "text or quote); use a new key for a new message"
-        )
-        self.record_id = record_id
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"id": self.record_id}
+    explanation = (
+        "this Idempotency-Key was already used for a different send (another chat, type, "
+        "text or quote); use a new key for a new message"
+    )
 
 
 class EngineSendError(SendError):
