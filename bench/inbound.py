@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import sqlalchemy as sa
+from scratch_schema import maybe_scratch_schema
 
 from enginehost import EngineMessage
 from enginehost.core.db import open_databases, prepare_schemas
@@ -103,23 +103,6 @@ async def _measure(
         databases.dispose()
 
 
-def _postgres_schema_url(url: str) -> tuple[str, str]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    admin.dispose()
-    scoped = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return scoped.render_as_string(hide_password=False), schema
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -132,15 +115,8 @@ def main() -> None:
         backends.append(("postgresql", args.postgres_url))
     print(f"{args.messages} messages from {args.senders} concurrent senders per backend")
     for name, url in backends:
-        schema = None
-        if url is not None:
-            url, schema = _postgres_schema_url(url)
-        try:
-            with tempfile.TemporaryDirectory() as directory:
-                figures = anyio.run(_measure, url, Path(directory), args.messages, args.senders)
-        finally:
-            if schema is not None and args.postgres_url:
-                _drop_schema(args.postgres_url, schema)
+        with maybe_scratch_schema(url) as scoped, tempfile.TemporaryDirectory() as directory:
+            figures = anyio.run(_measure, scoped, Path(directory), args.messages, args.senders)
         ratio = figures["grouped_rate"] / figures["single_rate"]
         verdict = "met" if figures["grouped_rate"] >= 5000 else "NOT met"
         print(

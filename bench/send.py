@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
+from scratch_schema import maybe_scratch_schema
 
 SEND_TARGET = 1000.0
 RATIO_TARGET = 0.4
@@ -403,31 +403,6 @@ def _measure_wrk(
         }
 
 
-# ------------------------------------------------------------------------------ postgres
-
-
-def _admin_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-
-
-def postgres_schema_url(url: str) -> tuple[str, str]:
-    """A fresh ``bench_<hex>`` schema and ``url`` scoped to it by its search path."""
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    admin.dispose()
-    scoped = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return scoped.render_as_string(hide_password=False), schema
-
-
-def drop_schema(url: str, schema: str) -> None:
-    admin = _admin_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
 # ------------------------------------------------------------------------------ main
 
 
@@ -444,31 +419,24 @@ def _line(name: str, figures: Figures) -> str:
 
 def run_backend(name: str, url: str | None, options: _Options) -> bool:
     """Measure one backend and print its figures; True when every target is met."""
-    schema = None
-    admin_url = url
-    if url is not None:
-        url, schema = postgres_schema_url(url)
-    try:
-        with (
-            tempfile.TemporaryDirectory() as directory,
-            running_daemon(Path(directory), url) as (daemon, base_url, key),
-        ):
-            if options.wrk is not None:
-                figures = _measure_wrk(options.wrk, base_url, key, daemon.process.pid, options)
-            else:
-                figures = asyncio.run(
-                    _measure(
-                        base_url,
-                        key,
-                        daemon.process.pid,
-                        options.concurrency,
-                        options.warmup,
-                        options.seconds,
-                    )
+    with (
+        maybe_scratch_schema(url) as scoped,
+        tempfile.TemporaryDirectory() as directory,
+        running_daemon(Path(directory), scoped) as (daemon, base_url, key),
+    ):
+        if options.wrk is not None:
+            figures = _measure_wrk(options.wrk, base_url, key, daemon.process.pid, options)
+        else:
+            figures = asyncio.run(
+                _measure(
+                    base_url,
+                    key,
+                    daemon.process.pid,
+                    options.concurrency,
+                    options.warmup,
+                    options.seconds,
                 )
-    finally:
-        if schema is not None and admin_url is not None:
-            drop_schema(admin_url, schema)
+            )
     # The log is at warning level: anything there but the first boot's key notice is news.
     problems = [
         line.strip()

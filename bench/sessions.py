@@ -33,12 +33,11 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
-import sqlalchemy as sa
+from scratch_schema import maybe_scratch_schema
 
 from enginehost.core.db import Database, open_databases, prepare_schemas
 from enginehost.core.events import EventBus
@@ -173,30 +172,6 @@ async def _child(
         databases.dispose()
 
 
-# ------------------------------------------------------------------------------ postgres
-
-
-def _admin_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-
-
-def _postgres_schema_url(url: str) -> tuple[str, str]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = _admin_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    admin.dispose()
-    scoped = sa.engine.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return scoped.render_as_string(hide_password=False), schema
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    admin = _admin_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
 # ------------------------------------------------------------------------------ main
 
 
@@ -204,38 +179,30 @@ def _run_child(
     url: str | None, sessions: int, concurrencies: list[int], heap: bool
 ) -> dict[str, Any]:
     """One N in a fresh interpreter and data directory (and schema, for PostgreSQL)."""
-    schema = None
-    scoped = url
-    if url is not None:
-        scoped, schema = _postgres_schema_url(url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEHOST_")}
-    try:
-        with tempfile.TemporaryDirectory() as directory:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                directory,
-                "--sessions",
-                str(sessions),
-                "--concurrency",
-                ",".join(map(str, concurrencies)),
-            ]
-            if scoped is not None:
-                command += ["--postgres-url", scoped]
-            if heap:
-                command.append("--heap-everywhere")
-            done = subprocess.run(
-                command,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=_CHILD_TIMEOUT,
-                check=False,
-            )
-    finally:
-        if schema is not None and url is not None:
-            _drop_schema(url, schema)
+    with maybe_scratch_schema(url) as scoped, tempfile.TemporaryDirectory() as directory:
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            directory,
+            "--sessions",
+            str(sessions),
+            "--concurrency",
+            ",".join(map(str, concurrencies)),
+        ]
+        if scoped is not None:
+            command += ["--postgres-url", scoped]
+        if heap:
+            command.append("--heap-everywhere")
+        done = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_CHILD_TIMEOUT,
+            check=False,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"the run for N={sessions} failed:\n{done.stderr[-4000:]}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
