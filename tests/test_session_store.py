@@ -64,3 +64,15 @@ async def test_list_can_be_limited_to_names(data_db: Any) -> None:
         await store.create(name, engine="sandbox")
     assert [s.name for s in await store.list()] == ["alpha", "beta", "gamma"]
     assert [s.name for s in await store.list(frozenset({"gamma", "alpha"}))] == ["alpha", "gamma"]
+
+
+@pytest.mark.anyio
+async def test_the_boot_reset_keeps_the_configured_history_length(data_db: Any) -> None:
+    store = SessionStore(data_db)
+    record = await store.create("alpha", engine="sandbox")
+    for status in ("initializing", "qr_ready", "ready"):
+        await store.transition(record.id, status, reason=None, history_limit=3)
+    reset = await store.reset_in_flight(frozenset({"ready"}), "restarted", history_limit=3)
+    assert reset == 1
+    history = (await store.resolve("alpha")).status_history
+    assert [entry["status"] for entry in history] == ["qr_ready", "ready", "disconnected"]

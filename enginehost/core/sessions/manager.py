@@ -179,7 +179,9 @@ class SessionManager:
         failing to start never holds up the others. Returns how many were started.
         """
         reset = await self._store.reset_in_flight(
-            frozenset(s.value for s in IN_FLIGHT), "the host restarted"
+            frozenset(s.value for s in IN_FLIGHT),
+            "the host restarted",
+            history_limit=self._settings.session_status_history,
         )
         if self._messages is not None:
             # A send the host was making when it died never completed: say so, never

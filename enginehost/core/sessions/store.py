@@ -17,7 +17,6 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import JSON
 from sqlalchemy import inspect as sa_inspect
@@ -243,16 +242,6 @@ class _RowCache:
 # One cache per open database, shared by every store over it (a test, or a benchmark,
 # may make several): the rules above hold as long as every write of the table made
 # through that database object goes through one of them.
-_CACHES: WeakKeyDictionary[Database, _RowCache] = WeakKeyDictionary()
-
-
-def _cache_for(database: Database) -> _RowCache:
-    cache = _CACHES.get(database)
-    if cache is None:
-        cache = _CACHES[database] = _RowCache()
-    return cache
-
-
 # ---------------------------------------------------------------------------- the store
 
 
@@ -261,7 +250,7 @@ class SessionStore:
 
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._cache = _cache_for(database)
+        self._cache = database.shared("sessions.cache", _RowCache)
 
     async def create(
         self, name: str, *, engine: str, config: dict[str, Any] | None = None
@@ -413,8 +402,11 @@ class SessionStore:
         finally:
             self._cache.deleted(session_id)
 
-    async def reset_in_flight(self, statuses: frozenset[str], reason: str) -> int:
-        """At boot: every session left in a live-only status becomes ``disconnected``."""
+    async def reset_in_flight(
+        self, statuses: frozenset[str], reason: str, *, history_limit: int = 20
+    ) -> int:
+        """At boot: every session left in a live-only status becomes ``disconnected``
+        (its status history keeps the last ``history_limit`` transitions, as for any)."""
 
         def work(session: Session) -> int:
             rows = session.exec(
@@ -423,7 +415,7 @@ class SessionStore:
             now = utc_now()
             for record in rows:
                 entry = {"status": "disconnected", "at": now.isoformat(), "reason": reason}
-                record.status_history = [*record.status_history, entry][-20:]
+                record.status_history = [*record.status_history, entry][-history_limit:]
                 record.status = "disconnected"
                 record.reconnect_attempt = 0
                 record.updated_at = now
