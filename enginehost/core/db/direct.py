@@ -11,7 +11,9 @@ conversions (UTC timestamps, JSON, booleans) as SQLAlchemy would use.
 
 Statements run inside the caller's SQLAlchemy transaction (the cursor belongs to the
 same DB-API connection), and driver errors are raised as SQLAlchemy's exception types,
-so transaction handling and error translation stay as for any other work.
+so transaction handling and error translation stay as for any other work. One thing
+SQLAlchemy would do is not done here: a lost connection is not marked invalid on the
+spot; the pool's pre-ping (PostgreSQL) finds it at the next checkout.
 
 Only statements whose SQL does not change per execution qualify: no ``IN`` of bound
 values (expanded per execution), and every column an ``INSERT``/``UPDATE`` sets is
@@ -79,6 +81,7 @@ class DirectStatement:
             if processor is not None:
                 self._results.append((index, processor))
         self._dialect = dialect
+        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
 
     def execute(self, connection: Connection, parameters: Mapping[str, Any]) -> Any:
         """Run the statement in ``connection``'s transaction; its DB-API cursor."""
@@ -88,14 +91,13 @@ class DirectStatement:
             raise TypeError(f"missing parameters {missing} for: {self.sql}")
         for name, processor in self._binds:
             values[name] = processor(values[name])
-        dbapi = self._dialect.loaded_dbapi
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, values)
-        except dbapi.Error as error:
+        except self._driver_error as error:
             cursor.close()
             raise exc.DBAPIError.instance(
-                self.sql, values, error, dbapi.Error, dialect=self._dialect
+                self.sql, values, error, self._driver_error, dialect=self._dialect
             ) from error
         return cursor
 

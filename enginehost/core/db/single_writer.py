@@ -112,7 +112,8 @@ def _advisory_lock(database: Database) -> Iterator[None]:
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 connection.commit()
-            except Exception:  # the lock goes with the connection anyway
-                pass
+            except Exception:
+                # Closed rather than pooled: the server drops the lock with the session.
+                connection.invalidate()
     finally:
         connection.close()

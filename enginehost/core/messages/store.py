@@ -44,7 +44,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Table, bindparam, case
@@ -83,8 +83,6 @@ __all__ = [
     "MessageValidationError",
     "advance",
 ]
-
-T = TypeVar("T")
 
 HISTORY_LIMIT_MAX: Final = 500
 STALE_PENDING_REASON: Final = "the host stopped before the send completed"
@@ -229,8 +227,9 @@ def _raw(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     if not raw:
         return None
     text = json.dumps(dict(raw), default=str)
-    if len(text.encode()) > RAW_MAX_BYTES:
-        return {"truncated": True, "bytes": len(text.encode())}
+    size = len(text.encode())
+    if size > RAW_MAX_BYTES:
+        return {"truncated": True, "bytes": size}
     cleaned: dict[str, Any] = _clean_json(json.loads(text))
     return cleaned
 
@@ -349,6 +348,14 @@ class _Statements:
             every,
         )
         self.insert = direct(m.insert(), keys=names)
+        # Executed over many rows at once ("insertmanyvalues", through SQLAlchemy: one
+        # cached statement; a multi-row VALUES compiled per batch cost more than the
+        # inserts). Not direct: its RETURNING spans several statements.
+        self.insert_many = (
+            _insert(backend, m)
+            .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
+            .returning(m.c.session_id, m.c.message_id, m.c.from_me)
+        )
         self.insert_keyed = direct(
             _insert(backend, m)
             .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
@@ -476,10 +483,6 @@ class _EarlyAckIndex:
 
     def add(self, connection: Connection, sql: _Statements, key: tuple[str, str]) -> None:
         self._loaded(connection, sql).add(key)
-
-    def reload(self) -> None:
-        """Forget what is known (after a prune): read again at the next use."""
-        self._keys = None
 
     def _loaded(self, connection: Connection, sql: _Statements) -> set[tuple[str, str]]:
         if self._keys is None:
@@ -637,11 +640,11 @@ class MessageStore:
         def work(connection: Connection) -> tuple[MessageRecord, bool]:
             if values["idempotency_key"] is None:
                 sql.insert.run(connection, values)
-                return MessageRecord.model_construct(**values), True
+                return _record(values), True
             # The unique (session_id, idempotency_key) index decides: no row back means
             # the key was used, and the first request's row is the answer.
             if sql.insert_keyed.first(connection, values) is not None:
-                return MessageRecord.model_construct(**values), True
+                return _record(values), True
             row = sql.by_idempotency_key.first(
                 connection,
                 {"session_id": values["session_id"], "idempotency_key": values["idempotency_key"]},
@@ -770,7 +773,7 @@ class MessageStore:
             # id is stored already (a re-fired event, or a send's own echo).
             if sql.insert_engine.first(connection, values) is None:
                 return _record(_one(sql.by_message_id.first(connection, key))), False
-            record = MessageRecord.model_construct(**values)
+            record = _record(values)
             if values["from_me"]:
                 early = _take_early_ack(connection, writer, session_id, values["message_id"])
                 status = values["status"] if early is None else advance(values["status"], early)
@@ -803,16 +806,9 @@ class MessageStore:
         if not rows:
             return set()
         sql, writer = self._sql, self._writer
-        # One cached statement executed over all rows ("insertmanyvalues"): compiling a
-        # multi-row VALUES statement per batch cost more than the inserts themselves.
-        statement = (
-            _insert(self._backend, _MESSAGES)
-            .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
-            .returning(_MESSAGES.c.session_id, _MESSAGES.c.message_id, _MESSAGES.c.from_me)
-        )
 
         def work(connection: Connection) -> set[tuple[str, str]]:
-            result = connection.execute(statement, list(rows.values()))
+            result = connection.execute(sql.insert_many, list(rows.values()))
             inserted = [(row[0], row[1], row[2]) for row in result.all()]
             for session_id, message_id, from_me in inserted:
                 if from_me:
@@ -863,12 +859,11 @@ class MessageStore:
         """Forget early acks kept longer than ``older_than`` (their message never came)."""
         statement = sa.delete(_EARLY_ACKS).where(_EARLY_ACKS.c.at < utc_now() - older_than)
 
-        early_acks = self._writer.early_acks
-
         def work(connection: Connection) -> int:
-            pruned = int(connection.execute(statement).rowcount)
-            early_acks.reload()
-            return pruned
+            # The early-ack index is left as it is: it may name ids no longer kept,
+            # which costs a statement, never a missed ack (forgetting them here would,
+            # were this batch rolled back).
+            return int(connection.execute(statement).rowcount)
 
         return await self._writes.submit(work)
 
