@@ -98,17 +98,17 @@ async def test_the_refusal_is_made_when_connecting(loopback_server: int) -> None
     assert (response.status_code, response.text) == (200, "hello")
 
 
-@pytest.mark.anyio
-async def test_environment_proxies_are_not_used(
-    loopback_server: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A proxy would connect to the proxy's address, not the target's: never taken.
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
-    allowed = AddressPolicy(hosts=frozenset({"localhost"}))
-    async with httpx.AsyncClient(transport=guarded_transport(allowed)) as client:
-        response = await client.get(f"http://localhost:{loopback_server}/")
-    assert response.status_code == 200
+def test_the_guarded_pool_keeps_the_transport_settings_and_refuses_detours() -> None:
+    """httpx has no public way to give its pool a network backend: the pool is rebuilt,
+    and must keep what the caller asked for. A proxy or a unix socket would bypass the
+    address check, so they are refused."""
+    transport: Any = guarded_transport(AddressPolicy(), local_address="127.0.0.1", retries=2)
+    pool = transport._pool
+    assert isinstance(pool._network_backend, guard._GuardedBackend)
+    assert (pool._local_address, pool._retries) == ("127.0.0.1", 2)
+    for detour in ({"proxy": "http://127.0.0.1:9"}, {"uds": "/run/some.sock"}):
+        with pytest.raises(ValueError, match="TCP only, without a proxy"):
+            guarded_transport(AddressPolicy(), **detour)
 
 
 @pytest.mark.anyio

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import math
 import mimetypes
 import posixpath
@@ -72,7 +71,12 @@ from enginehost.core.messages.models import (
     MessageRecord,
 )
 from enginehost.core.messages.store import MessageNotFoundError, MessageStore
-from enginehost.core.net.guard import AddressPolicy, RefusedAddressError, guarded_transport
+from enginehost.core.net.guard import (
+    AddressPolicy,
+    RefusedAddressError,
+    guarded_transport,
+    parse_address,
+)
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.models import SessionRecord
@@ -1019,9 +1023,9 @@ class SendService:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
             raise MediaFetchError(host, "its name does not resolve") from None
+        policy = AddressPolicy()
         for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            if not address.is_global:
+            if policy.refusal(host, parse_address(str(info[4][0]))) is not None:
                 raise MediaFetchError(host, _PRIVATE_ADDRESS)
 
     async def _fetch(self, url: str) -> tuple[bytes, str | None]:

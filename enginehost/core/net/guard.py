@@ -24,7 +24,7 @@ import anyio
 import httpcore
 import httpx
 
-__all__ = ["AddressPolicy", "RefusedAddressError", "guarded_transport"]
+__all__ = ["AddressPolicy", "RefusedAddressError", "guarded_transport", "parse_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,7 +81,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"{host!r} did not resolve in time") from exc
         except OSError as exc:
             raise httpcore.ConnectError(f"{host!r} does not resolve: {exc}") from exc
-        addresses = list(dict.fromkeys(_address(info[4][0]) for info in infos))
+        addresses = list(dict.fromkeys(parse_address(info[4][0]) for info in infos))
         # One refused address refuses the name: which one a connection would get is
         # not ours to choose.
         for address in addresses:
@@ -114,12 +114,15 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def _address(text: str) -> IPAddress:
-    return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
+def parse_address(text: str) -> IPAddress:
+    """An address as ``getaddrinfo`` gives it (an IPv6 zone dropped)."""
+    return ipaddress.ip_address(text.split("%", 1)[0])
 
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: AddressPolicy, **kwargs: Any) -> None:
+        if kwargs.get("uds") or kwargs.get("proxy"):
+            raise ValueError("a guarded transport connects over TCP only, without a proxy")
         super().__init__(trust_env=False, **kwargs)
         # httpx builds its connection pool in __init__ and has no public way to give it
         # a network backend yet: the pool is rebuilt with the same settings plus ours.
@@ -134,6 +137,8 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
             http1=pool._http1,
             http2=pool._http2,
             retries=pool._retries,
+            local_address=pool._local_address,
+            socket_options=pool._socket_options,
             network_backend=_GuardedBackend(policy),
         )
 
