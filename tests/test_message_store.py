@@ -846,7 +846,7 @@ async def test_early_acks_left_by_an_earlier_run_are_applied(
 async def test_stored_ids_look_for_early_acks_only_when_one_may_exist(
     store: MessageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements = store_module._writer_for(store._database, 256).sql
+    statements = store._sql
     real = statements.take_early_ack
     looked: list[dict[str, Any]] = []
 

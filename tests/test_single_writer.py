@@ -20,20 +20,26 @@ def test_a_second_daemon_on_the_same_database_refuses_to_start(
     extra = {
         "ENGINEHOST_DATABASE_URL": shared if database_url.startswith("sqlite") else database_url
     }
-    first = Daemon(cli_env(tmp_path / "one", **extra)).start()
+    first = Daemon(cli_env(tmp_path / "one", **extra))
+    second: Daemon | None = None
+    third: Daemon | None = None
     try:
+        first.start()
         second = Daemon(cli_env(tmp_path / "two", **extra))
-        code = second.process.wait(60)
+        code = second.wait_exit(60)
         output = "".join(second.raw)
         assert code == 1, output
         assert "in use by another enginehost daemon" in output
         if database_url.startswith("sqlite"):
             assert f"pid {first.process.pid}" in output
-    finally:
         first.stop()
-    # Once the first has stopped, the database is free again.
-    third = Daemon(cli_env(tmp_path / "three", **extra)).start()
-    third.stop()
+        # Once the first has stopped, the database is free again.
+        third = Daemon(cli_env(tmp_path / "three", **extra)).start()
+        third.stop()
+    finally:
+        for daemon in (first, second, third):
+            if daemon is not None:
+                daemon.kill()
 
 
 def test_the_lock_is_released_and_can_be_taken_again(database_url: str, tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ class Daemon:
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.port: int | None = None
 
     def _read(self) -> None:
@@ -98,6 +99,12 @@ class Daemon:
         self.process.send_signal(signum)
         code = self.process.wait(timeout)
         return code, time.monotonic() - started
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the process to end by itself; its exit code, with all its output read."""
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
 
     def kill(self) -> None:
         if self.process.poll() is None:
