@@ -78,10 +78,9 @@ def _listening_port(pid: int) -> int | None:
 class _Daemon:
     """``enginehost serve --port 0`` in a child process, stopped by its own PID only."""
 
-    def __init__(self, env: dict[str, str], command_prefix: list[str] | None = None) -> None:
-        prefix = command_prefix or [sys.executable]
+    def __init__(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [*prefix, "-m", "enginehost", "serve", "--port", "0"],
+            [sys.executable, "-m", "enginehost", "serve", "--port", "0"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -151,11 +150,9 @@ def daemon_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_daemon(
-    data_dir: Path, database_url: str | None, command_prefix: list[str] | None = None
-) -> Iterator[tuple[_Daemon, str, str]]:
+def running_daemon(data_dir: Path, database_url: str | None) -> Iterator[tuple[_Daemon, str, str]]:
     """A ready daemon, its base URL and the admin key it wrote on first boot."""
-    daemon = _Daemon(daemon_env(data_dir, database_url), command_prefix)
+    daemon = _Daemon(daemon_env(data_dir, database_url))
     try:
         url = daemon.wait_ready()
         key = (data_dir / "admin-api-key").read_text().strip()
@@ -361,8 +358,7 @@ def _wrk_case(
     base = [wrk, "-t1", f"-c{options.concurrency}", "--latency", "-H", f"X-API-Key: {key}"]
     base += ["--timeout", f"{_WRK_TIMEOUT_S}s", *args, url]
 
-    def run(seconds: float) -> tuple[str, float]:
-        started = time.perf_counter()
+    def run(seconds: float) -> str:
         done = subprocess.run(
             [*base[:1], f"-d{max(1, round(seconds))}s", *base[1:]],
             capture_output=True,
@@ -370,12 +366,12 @@ def _wrk_case(
             timeout=seconds + _WRK_TIMEOUT_S + 30,
             check=True,
         )
-        return done.stdout, time.perf_counter() - started
+        return done.stdout
 
     if options.warmup > 0:
         run(options.warmup)
     cpu_before, wrk_before = _process_cpu(daemon_pid), _children_cpu()
-    output, _ = run(options.seconds)
+    output = run(options.seconds)
     cpu_after, wrk_after = _process_cpu(daemon_pid), _children_cpu()
     figures = _wrk_figures(output, max(1, round(options.seconds)))
     if figures.count:
