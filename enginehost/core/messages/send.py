@@ -889,24 +889,8 @@ class SendService:
         # Shielded: once the engine is asked, the outcome is recorded even if the caller
         # goes away; bounded so a hung engine cannot hold a row pending forever.
         with anyio.CancelScope(shield=True):
-            failure: SendError | None = None
-            result: object = None
-            with anyio.move_on_after(self.send_timeout) as deadline:
-                try:
-                    result = await call(engine, out)
-                except UnsupportedOperationError as exc:
-                    failure = NotSupportedError(exc.capability, exc.engine)
-                except (EngineNotRunningError, EngineClosedError) as exc:
-                    failure = SessionNotReadyError(
-                        session.name, session.status, f"the engine says: {_reason(exc)}"
-                    )
-                except Exception as exc:
-                    failure = EngineSendError(_reason(exc), record_id)
-            if deadline.cancelled_caught:
-                failure = EngineSendError(
-                    f"the engine did not answer within {self.send_timeout:g} s", record_id
-                )
-            elif failure is None:
+            result, failure = await self._ask_engine(session, lambda: call(engine, out), record_id)
+            if failure is None:
                 problem = _bad_result(result)
                 if problem is not None:
                     failure = EngineSendError(problem, record_id)
@@ -945,6 +929,27 @@ class SendService:
             status=record.status,
         )
 
+    async def _ask_engine(
+        self,
+        session: SessionRecord,
+        call: Callable[[], Awaitable[object]],
+        record_id: str | None,
+    ) -> tuple[object, SendError | None]:
+        """Call the engine within the send timeout: its result, or the error to answer
+        with (naming the message ``record_id`` when there is one)."""
+        with anyio.move_on_after(self.send_timeout):
+            try:
+                return await call(), None
+            except UnsupportedOperationError as exc:
+                return None, NotSupportedError(exc.capability, exc.engine)
+            except (EngineNotRunningError, EngineClosedError) as exc:
+                detail = f"the engine says: {_reason(exc)}"
+                return None, SessionNotReadyError(session.name, session.status, detail)
+            except Exception as exc:
+                return None, EngineSendError(_reason(exc), record_id)
+        timeout = f"the engine did not answer within {self.send_timeout:g} s"
+        return None, EngineSendError(timeout, record_id)
+
     async def _act(
         self,
         session: SessionRecord,
@@ -952,20 +957,7 @@ class SendService:
         action: Callable[[], Awaitable[None]],
     ) -> None:
         """Call the engine for an action that writes no row (react, delete)."""
-        failure: SendError | None = None
-        with anyio.move_on_after(self.send_timeout) as deadline:
-            try:
-                await action()
-            except UnsupportedOperationError as exc:
-                failure = NotSupportedError(exc.capability, exc.engine)
-            except (EngineNotRunningError, EngineClosedError) as exc:
-                failure = SessionNotReadyError(
-                    session.name, session.status, f"the engine says: {_reason(exc)}"
-                )
-            except Exception as exc:
-                failure = EngineSendError(_reason(exc))
-        if deadline.cancelled_caught:
-            failure = EngineSendError(f"the engine did not answer within {self.send_timeout:g} s")
+        _, failure = await self._ask_engine(session, action, None)
         if failure is not None:
             log.warning(
                 "send.action_failed",
