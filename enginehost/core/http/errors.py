@@ -77,8 +77,9 @@ def request_id(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class ApiError(Exception):
-    """Raise from a route to answer with the error model."""
+class ApiError(ServiceError):
+    """Raise from a route to answer with the error model: a :class:`ServiceError` whose
+    status, code, details and headers are given at the raise."""
 
     def __init__(
         self,
@@ -89,12 +90,19 @@ class ApiError(Exception):
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.code = code or _DEFAULT_CODES.get(status_code, "error")
-        self.extra = extra or {}
-        self.headers = headers
+        super().__init__(
+            message, code or _DEFAULT_CODES.get(status_code, "error"), status_code=status_code
+        )
+        self._extra = extra or {}
+        self._headers = headers or {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._extra
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
 
 def error_body(
@@ -116,15 +124,6 @@ def _validation_path(location: tuple[Any, ...]) -> str:
     if parts and parts[0] == "body":
         parts = parts[1:]
     return ".".join(parts) or "body"
-
-
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return JSONResponse(
-        error_body(exc.status_code, exc.message, code=exc.code, **exc.extra),
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
@@ -257,9 +256,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 async def error_response(request: Request, exc: Exception) -> JSONResponse | None:
     """The answer the app's handlers give for ``exc`` when it is a caller's or the
     database's problem; None for anything else (an unexpected error, re-raise it)."""
-    if isinstance(exc, ApiError):
-        return await _api_error(request, exc)
-    if isinstance(exc, ServiceError):
+    if isinstance(exc, ServiceError):  # ApiError included
         return await _service_error(request, exc)
     if isinstance(exc, _DATABASE_ERRORS):
         return await _database_error(request, exc)
@@ -268,7 +265,6 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse | Non
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can produce through the error model."""
-    app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
