@@ -17,6 +17,7 @@ from enginehost.core.errors import ServiceError
 from enginehost.core.messages import (
     HISTORY_LIMIT_MAX,
     STALE_PENDING_REASON,
+    AckedMessage,
     EarlyAck,
     InvalidCursorError,
     MessageIdConflictError,
@@ -865,3 +866,29 @@ async def test_stored_ids_look_for_early_acks_only_when_one_may_exist(
     pending = await send(store)
     assert (await store.mark_sent(pending.id, message_id="EARLY", timestamp=T0)).status == "read"
     assert looked == [{"session_id": S1, "message_id": "EARLY"}]
+
+
+@pytest.mark.anyio
+async def test_acks_that_cannot_move_a_recent_message_are_settled_without_a_write(
+    store: MessageStore, data_db: Any
+) -> None:
+    pending = await send(store)
+    sent = await store.mark_sent(pending.id, message_id="KNOWN", timestamp=T0)
+    before = store.writes.operations
+    # Engines ack "sent" right after the send stored it: nothing to write.
+    settled = await store.apply_ack(S1, "KNOWN", AckStatus.SENT)
+    assert settled is not None and (settled.id, settled.status) == (sent.id, "sent")
+    assert store.writes.operations == before
+    # An ack that moves it forward goes to the database, and is remembered.
+    read = await store.apply_ack(S1, "KNOWN", AckStatus.READ)
+    assert read is not None and read.status == "read"
+    assert store.writes.operations == before + 1
+    late = await store.apply_ack(S1, "KNOWN", AckStatus.DELIVERED)
+    assert late is not None and (late.id, late.status) == (sent.id, "read")
+    assert store.writes.operations == before + 1
+    assert (await store.get(S1, sent.id)).status == "read"
+    # A store of the same database shares what is known; unknown ids still ask.
+    other = MessageStore(data_db)
+    assert await other.apply_ack(S1, "KNOWN", AckStatus.SENT) == AckedMessage(sent.id, "read")
+    assert await other.apply_ack(S1, "NEVER-SEEN", AckStatus.SENT) is None
+    assert store.writes.operations == before + 2

@@ -21,18 +21,21 @@ Races with the outside world are decided by unique indexes:
   :meth:`~MessageStore.store_own` insert the same way on the unique
   (session_id, message_id) index: no row inserted means the event was stored already.
 * **The echo race.** An engine may report our own send back as an own-message echo
-  *before* the send path stores the engine id it got. The echo is then a row of its
-  own: :meth:`~MessageStore.mark_sent` finds it and merges the two (the pending row keeps
-  its id and idempotency key and takes the better status of both; the echo row is
-  deleted). In the other order the echo's insert hits the index and
-  :meth:`~MessageStore.store_own` returns the stored row: one row either way.
+  *before* the send path stores the engine id it got. The session manager holds such
+  echoes until the send is recorded (:mod:`enginehost.core.sessions.echoes`), so the
+  echo's insert normally hits the index and :meth:`~MessageStore.store_own` returns the
+  stored row. When an echo is stored first all the same (it was not held), it is a
+  row of its own: :meth:`~MessageStore.mark_sent` finds it and merges the two (the
+  pending row keeps its id and idempotency key and takes the better status of both;
+  the echo row is deleted). One row either way.
 * **Early acks.** An ack can name an engine id no row carries yet. It is kept in
   ``early_acks`` (the furthest status only) and applied when a send or an own message
   stores that id.
 
-Status moves forward only (see :func:`advance`): pending → sent → delivered → read;
-``failed`` is reachable from pending and sent only (an ack of delivered or read proves
-the message arrived, so a later failure report is ignored) and is final.
+Status moves forward only (see :mod:`.status`): pending → sent → delivered → read;
+``failed`` is reachable from pending and sent only and is final. An ack that cannot
+move a message the store wrote recently is settled from memory
+(:class:`~enginehost.core.messages.status.KnownStatus`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from enginehost.core.messages.models import (
     MessageRecord,
     new_id,
 )
+from enginehost.core.messages.status import AckedMessage, KnownStatus, advance
 
 __all__ = [
     "HISTORY_LIMIT_MAX",
@@ -129,32 +133,6 @@ class MessageIdConflictError(MessageError):
         super().__init__(
             f"message {record_id!r} already has the engine id {stored!r}, not {given!r}"
         )
-
-
-# ------------------------------------------------------------------------------ status
-
-_RANK: Final = {
-    AckStatus.PENDING: 0,
-    AckStatus.SENT: 1,
-    AckStatus.DELIVERED: 2,
-    AckStatus.READ: 3,
-}
-
-
-def advance(current: str, new: str) -> str:
-    """The status after ``new`` is reported for a message at ``current``: forward only.
-
-    pending → sent → delivered → read, never back. ``failed`` is final, and is taken
-    only from pending or sent: after delivered or read the message evidently arrived,
-    so a failure report changes nothing.
-    """
-    if current == AckStatus.FAILED:
-        return AckStatus.FAILED.value
-    if new == AckStatus.FAILED:
-        return AckStatus.FAILED.value if current in (AckStatus.PENDING, AckStatus.SENT) else current
-    if new not in _RANK or current not in _RANK:
-        return current
-    return new if _RANK[AckStatus(new)] > _RANK[AckStatus(current)] else current
 
 
 # -------------------------------------------------------------------------- validation
@@ -492,20 +470,13 @@ class _EarlyAckIndex:
 
 
 @dataclass(frozen=True, slots=True)
-class AckedMessage:
-    """What an ack left: the message's record id and its status now."""
-
-    id: str
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
 class _Writer:
     """What every store of one database shares, so that its writes stay serialized."""
 
     writes: GroupCommit
     sql: _Statements
     early_acks: _EarlyAckIndex
+    known: KnownStatus
 
 
 def _writer_for(database: Database, max_batch: int) -> _Writer:
@@ -515,6 +486,7 @@ def _writer_for(database: Database, max_batch: int) -> _Writer:
             GroupCommit(database, max_batch=max_batch, refusals=(MessageError,)),
             _Statements(database.backend, database.engine.dialect),
             _EarlyAckIndex(),
+            KnownStatus(),
         ),
     )
 
@@ -705,7 +677,9 @@ class MessageStore:
             values["status"] = status
             return _record(_one(sql.mark_sent.first(connection, values)))
 
-        return await self._writes.submit(work)
+        record = await self._writes.submit(work)
+        self._note(record)
+        return record
 
     async def mark_failed(self, record_id: str, reason: str) -> MessageRecord:
         """Fail a pending send with ``reason``. A row past pending is returned unchanged
@@ -729,7 +703,9 @@ class MessageStore:
             }
             return _record(_one(sql.mark_failed.first(connection, changes)))
 
-        return await self._writes.submit(work)
+        record = await self._writes.submit(work)
+        self._note(record)
+        return record
 
     async def fail_stale_pending(self, reason: str = STALE_PENDING_REASON) -> int:
         """At boot: every pending send (of any session) fails with ``reason``; the count."""
@@ -782,7 +758,15 @@ class MessageStore:
                     record = _record(_one(sql.set_status.first(connection, changes)))
             return record, True
 
-        return await self._writes.submit(work)
+        record, created = await self._writes.submit(work)
+        self._note(record)
+        return record, created
+
+    def _note(self, record: MessageRecord) -> None:
+        """Remember the committed status of an own message, for acks to come."""
+        if record.from_me and record.message_id is not None:
+            acked = AckedMessage(record.id, record.status)
+            self._writer.known.note(record.session_id, record.message_id, acked)
 
     async def store_inbound_batch(self, session_id: str, messages: Iterable[EngineMessage]) -> int:
         """Store many engine messages of one session in one transaction; the number
@@ -832,8 +816,11 @@ class MessageStore:
             raise MessageValidationError("status", f"not an ack status: {status!r}") from None
         if not _searchable(session_id, message_id):
             return None
-        key = {"session_id": session_id, "message_id": message_id}
         sql, writer = self._sql, self._writer
+        settled = writer.known.settled(session_id, message_id, wanted)
+        if settled is not None:
+            return settled
+        key = {"session_id": session_id, "message_id": message_id}
 
         def work(connection: Connection) -> AckedMessage | None:
             if wanted != AckStatus.PENDING:
@@ -853,7 +840,10 @@ class MessageStore:
                 sql.keep_early_ack.run(connection, {**key, "status": furthest, "at": utc_now()})
             return None
 
-        return await self._writes.submit(work)
+        acked = await self._writes.submit(work)
+        if acked is not None:
+            writer.known.note(session_id, message_id, acked)
+        return acked
 
     async def prune_early_acks(self, older_than: timedelta = timedelta(days=1)) -> int:
         """Forget early acks kept longer than ``older_than`` (their message never came)."""
