@@ -868,3 +868,84 @@ async def test_roles_and_session_scopes(api: ApiHarness) -> None:
     assert (await viewer.get(url(alpha))).status_code == 200
     assert_error(await api.client().get(url(alpha)), 401, "unauthorized")
     assert engine.sent == []
+
+
+# ------------------------------------------------------------------------------ echoes
+
+
+async def test_a_send_publishes_message_sent_once_under_its_own_row(
+    api: ApiHarness, operator: httpx.AsyncClient
+) -> None:
+    session, _ = await ready(api)
+    events = api.state.bus.subscribe(maxsize=100, types=("message.sent",))
+    try:
+        body = {"chatId": CHAT, "text": "x"}
+        response = await operator.post(url(session, "send-text"), json=body)
+        assert response.status_code == 201, response.text
+        sent = response.json()
+        with anyio.fail_after(5):
+            event = await events.get()
+        # The engine echoed the send while it was in progress: the echo is the send's
+        # row, not a row of its own that a merge deletes later.
+        assert (event.data["id"], event.data["messageId"]) == (sent["id"], sent["messageId"])
+        assert event.data["message"].body == "x" and event.data["message"].from_me is True
+        with anyio.move_on_after(0.3):
+            extra = await events.get()
+            pytest.fail(f"a second message.sent: {extra}")
+    finally:
+        events.close()
+    assert (await history(operator, session))["total"] == 1
+
+
+async def test_a_message_typed_on_the_phone_during_a_send_is_stored_after_it(
+    api: ApiHarness, operator: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, engine = await ready(api)
+    events = api.state.bus.subscribe(maxsize=100, types=("message.sent",))
+    typed: list[Any] = []
+    go_on = anyio.Event()
+    real_send = engine._send
+
+    async def slow_send(message: Any) -> Any:
+        result = await real_send(message)  # the echo is reported here
+        typed.append(await engine.compose_on_phone(OTHER, "typed meanwhile"))
+        await go_on.wait()
+        return result
+
+    monkeypatch.setattr(engine, "_send", slow_send)
+    try:
+        async with anyio.create_task_group() as tasks:
+            responses: list[httpx.Response] = []
+
+            async def post() -> None:
+                body = {"chatId": CHAT, "text": "from the API"}
+                responses.append(await operator.post(url(session, "send-text"), json=body))
+
+            async def typed_yet() -> list[Any]:
+                return typed
+
+            tasks.start_soon(post)
+            try:
+                await eventually(typed_yet)
+                # Held while the send is with the engine: only the pending row exists.
+                page = await history(operator, session)
+                assert [m["status"] for m in page["messages"]] == ["pending"]
+            finally:
+                go_on.set()  # a failure above must not leave the send waiting
+        (response,) = responses
+        assert response.status_code == 201, response.text
+        sent = response.json()
+        with anyio.fail_after(5):
+            first, second = await events.get(), await events.get()
+        assert [e.data["messageId"] for e in (first, second)] == [
+            sent["messageId"],
+            typed[0].message_id,
+        ]
+        assert first.data["id"] == sent["id"]
+        page = await history(operator, session)
+        assert page["total"] == 2
+        by_id = {m["messageId"]: m for m in page["messages"]}
+        assert by_id[typed[0].message_id]["body"] == "typed meanwhile"
+        assert by_id[sent["messageId"]]["id"] == sent["id"]
+    finally:
+        events.close()

@@ -543,11 +543,11 @@ class PluginHost:
     ) -> list[HookOutcome]:
         """Call every implementation of hook ``name``, each with its own error capture.
 
-                Implementations run in pluggy's order; awaitable results are awaited, each for at
-                most ``impl_timeout`` seconds when given (an overrun counts as a failure; a deadline
+        Implementations run in pluggy's order; awaitable results are awaited, each for at
+        most ``impl_timeout`` seconds when given (an overrun counts as a failure; a deadline
         around the whole call would let one slow plugin starve the others). A raising
-                implementation is logged and marks its plugin ``failed`` (stage ``hook:<name>``);
-                the others still run. ``stop_when`` ends the fan-out early (a veto).
+        implementation is logged and marks its plugin ``failed`` (stage ``hook:<name>``);
+        the others still run. ``stop_when`` ends the fan-out early (a veto).
         """
         caller = getattr(self.pm.hook, name)
         outcomes: list[HookOutcome] = []

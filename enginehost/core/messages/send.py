@@ -889,38 +889,11 @@ class SendService:
         # Shielded: once the engine is asked, the outcome is recorded even if the caller
         # goes away; bounded so a hung engine cannot hold a row pending forever.
         with anyio.CancelScope(shield=True):
-            result, failure = await self._ask_engine(session, lambda: call(engine, out), record_id)
-            if failure is None:
-                problem = _bad_result(result)
-                if problem is not None:
-                    failure = EngineSendError(problem, record_id)
-            if failure is not None:
-                reason = getattr(failure, "reason", None) or failure.message
-                await self._messages.mark_failed(record_id, reason)
-                log.warning(
-                    "send.failed",
-                    session_id=session.id,
-                    kind=capability.value,
-                    id=record_id,
-                    reason=_short(reason),
+            async with self._manager.sending(session) as in_progress:
+                record = await self._ask_and_record(
+                    session, capability, engine, record_id, out, call
                 )
-                raise failure
-            assert isinstance(result, SendResult)
-            try:
-                record = await self._messages.mark_sent(
-                    record_id, message_id=result.message_id, timestamp=result.timestamp
-                )
-            except Exception as exc:
-                # The message went out; only our bookkeeping failed. The row stays pending
-                # (failed at the next boot) and the log keeps the engine's id.
-                log.error(
-                    "send.record_failed",
-                    session_id=session.id,
-                    id=record_id,
-                    message_id=result.message_id,
-                    error=str(exc),
-                )
-                raise
+                in_progress.record = record
         assert record.message_id is not None
         return SendReceipt(
             id=record.id,
@@ -928,6 +901,50 @@ class SendService:
             timestamp=record.timestamp,
             status=record.status,
         )
+
+    async def _ask_and_record(
+        self,
+        session: SessionRecord,
+        capability: Capability,
+        engine: Engine,
+        record_id: str,
+        out: _Outgoing,
+        call: _Call,
+    ) -> MessageRecord:
+        """Ask the engine, then mark the row sent (its record) or failed (raised)."""
+        result, failure = await self._ask_engine(session, lambda: call(engine, out), record_id)
+        if failure is None:
+            problem = _bad_result(result)
+            if problem is not None:
+                failure = EngineSendError(problem, record_id)
+        if failure is not None:
+            reason = getattr(failure, "reason", None) or failure.message
+            await self._messages.mark_failed(record_id, reason)
+            log.warning(
+                "send.failed",
+                session_id=session.id,
+                kind=capability.value,
+                id=record_id,
+                reason=_short(reason),
+            )
+            raise failure
+        assert isinstance(result, SendResult)
+        try:
+            record = await self._messages.mark_sent(
+                record_id, message_id=result.message_id, timestamp=result.timestamp
+            )
+        except Exception as exc:
+            # The message went out; only our bookkeeping failed. The row stays pending
+            # (failed at the next boot) and the log keeps the engine's id.
+            log.error(
+                "send.record_failed",
+                session_id=session.id,
+                id=record_id,
+                message_id=result.message_id,
+                error=str(exc),
+            )
+            raise
+        return record
 
     async def _ask_engine(
         self,

@@ -37,8 +37,10 @@ from enginehost.core.engine import (
     DisconnectedEvent,
     Engine,
     EngineEvent,
+    EngineMessage,
     ErrorEvent,
     MessageEvent,
+    MessageType,
     OwnMessageEvent,
     PairingCodeEvent,
     QrEvent,
@@ -50,7 +52,9 @@ from enginehost.core.errors import ServiceError
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import bind_session, get_logger
 from enginehost.core.messages.inbound import InboundWriter
+from enginehost.core.messages.models import MessageRecord
 from enginehost.core.messages.store import MessageStore
+from enginehost.core.sessions.echoes import EchoGate, SendInProgress
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
 from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus, status_for
@@ -118,6 +122,8 @@ class _Live:
     attempt: int = 0
     qr: str | None = None
     pairing_code: str | None = None
+    own_id: str | None = None
+    """The account's own chat id, as the engine reported it when ready."""
     last_active_written: float = 0.0
     final_status: SessionStatus = SessionStatus.DISCONNECTED
     final_reason: str | None = None
@@ -148,6 +154,7 @@ class SessionManager:
         )
         self._live: dict[str, _Live] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._echoes = EchoGate()
 
     # ------------------------------------------------------------------ running
 
@@ -462,6 +469,7 @@ class SessionManager:
             self._publish(live, "session.authenticated", {})
         elif isinstance(event, ReadyEvent):
             live.visible, live.ready_since = True, time.monotonic()
+            live.own_id = event.own_id
             live.qr = live.pairing_code = None
             phone = event.own_id.split("@", 1)[0].split(":", 1)[0]
             await self._transition(
@@ -526,14 +534,60 @@ class SessionManager:
                     {"message": event.message, "messageId": event.message.message_id},
                 )
             return
-        # Own messages go one by one: the store merges them with a send in progress.
-        record, created = await self._messages.store_own(live.session_id, event.message)
+        # An echo of a send still in progress waits for it (see sending()).
+        if not self._echoes.hold(live.session_id, live.name, event.message):
+            await self._store_own(live.session_id, live.name, event.message)
+
+    async def _store_own(self, session_id: str, name: str, message: EngineMessage) -> None:
+        """Store an own message one by one (the store merges it with a send that stored
+        its id meanwhile) and publish ``message.sent`` if it is new."""
+        assert self._messages is not None
+        record, created = await self._messages.store_own(session_id, message)
         if created:
-            self._publish(
-                live,
-                "message.sent",
-                {"message": event.message, "id": record.id, "messageId": record.message_id},
-            )
+            self._publish_sent(session_id, name, message, record)
+
+    def _publish_sent(
+        self, session_id: str, name: str, message: EngineMessage, record: MessageRecord
+    ) -> None:
+        data = {
+            "sessionName": name,
+            "message": message,
+            "id": record.id,
+            "messageId": record.message_id,
+        }
+        self._bus.publish(HostEvent(type="message.sent", session_id=session_id, data=data))
+
+    @asynccontextmanager
+    async def sending(self, session: SessionRecord) -> AsyncIterator[SendInProgress]:
+        """Bracket a send from asking the engine to recording the outcome.
+
+        Own messages the engine reports meanwhile are held (see
+        :mod:`~enginehost.core.sessions.echoes`). At the end the send's own echo is
+        dropped, its row being the message, and ``message.sent`` is published once for
+        it if the caller set ``record`` (the row marked sent); the other echoes are
+        stored as usual. Run it shielded from cancellation: the end must run.
+        """
+        send = self._echoes.begin(session.id)
+        try:
+            yield send
+        finally:
+            ended = self._echoes.end(send)
+            record = send.record
+            if record is not None and record.message_id is not None:
+                live = self._live.get(session.id)
+                echo = ended.echo or _as_engine_message(record, live.own_id if live else None)
+                self._publish_sent(session.id, session.name, echo, record)
+            for held in ended.released:
+                try:
+                    await self._store_own(held.session_id, held.session_name, held.message)
+                except Exception as exc:  # the send itself is done: report, do not fail it
+                    log.error(
+                        "session.own_message_failed",
+                        session_id=held.session_id,
+                        message_id=held.message.message_id,
+                        error=str(exc),
+                        exc_info=exc,
+                    )
 
     async def _touch_last_active(self, live: _Live) -> None:
         """Record message activity in ``lastActive``, at most once a minute per session
@@ -580,3 +634,20 @@ class SessionManager:
                 data={"sessionName": live.name, **data},
             )
         )
+
+
+def _as_engine_message(record: MessageRecord, own_id: str | None) -> EngineMessage:
+    """A sent row as an engine would have reported it (for an engine that did not echo
+    the send while it was in progress)."""
+    assert record.message_id is not None
+    return EngineMessage(
+        message_id=record.message_id,
+        chat_id=record.chat_id,
+        sender=own_id or "",
+        from_me=True,
+        type=MessageType(record.type),
+        body=record.body,
+        timestamp=record.timestamp,
+        has_media=record.has_media,
+        quoted_message_id=record.quoted_message_id,
+    )
