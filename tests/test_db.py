@@ -185,6 +185,31 @@ def test_timestamps_are_stored_in_utc_and_come_back_aware(
     database.dispose()
 
 
+def test_sqlite_timestamps_are_the_text_sqlalchemy_writes(tmp_path: Path) -> None:
+    # Rows written before and after the direct conversion must compare and sort as one.
+    database = open_database(f"sqlite:///{tmp_path / 's.sqlite'}", "data", tmp_path)
+    _stamps.create(database.engine)
+    plain = sa.Table("plain", sa.MetaData(), sa.Column("at", sa.DateTime()))
+    plain.create(database.engine)
+    values = [
+        datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-2))),
+    ]
+    for index, value in enumerate(values):
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        database.run_sync(
+            lambda s, i=index, v=value: s.execute(sa.insert(_stamps).values(id=i, at=v))
+        )
+        database.run_sync(lambda s, v=naive: s.execute(sa.insert(plain).values(at=v)))
+    with database.engine.connect() as connection:
+        ours = connection.exec_driver_sql("SELECT at FROM stamps ORDER BY id").scalars().all()
+        theirs = connection.exec_driver_sql("SELECT at FROM plain ORDER BY rowid").scalars().all()
+    assert ours == theirs
+    assert ours[0] == "2026-11-26 12:00:00.000000"
+    database.dispose()
+
+
 def test_sqlite_runs_in_wal_with_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
     database = open_database(
         f"sqlite:///{tmp_path / 'x.sqlite'}", "data", tmp_path, sqlite_busy_timeout=7

@@ -15,6 +15,7 @@ session's zone): :class:`UTCDateTime` normalizes both ways.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,11 +48,25 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: enginehost stores aware UTC times only")
+        _refuse_naive(value)
         value = value.astimezone(UTC)
         # SQLite has no zone: store the UTC wall time; PostgreSQL keeps the aware value.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # Straight to SQLite's text, the one SQLAlchemy's DATETIME writes
+        # ("2026-11-26 12:00:00.000000"), in a third of the time its two steps take
+        # (timestamps are bound several times per message written).
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            _refuse_naive(value)
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -59,6 +74,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def _refuse_naive(value: datetime) -> None:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: enginehost stores aware UTC times only")
 
 
 def data_json_type() -> TypeEngine[Any]:
