@@ -364,6 +364,33 @@ class _Statements:
             "raw",
             "quoted_message_id",
         )
+        # mark_sent in one statement for the usual case: the row is pending without an
+        # id, no other row of its session has the id (an echo stored first), and its
+        # status moves to sent (a failed row stays failed). No row back: the full path.
+        echo = m.alias("echo")
+        now = bindparam("now", type_=m.c.updated_at.type)
+        self.mark_sent_plain = direct(
+            sa.update(m)
+            .where(
+                m.c.id == bindparam("record_id"),
+                m.c.message_id.is_(None),
+                ~sa.exists().where(
+                    echo.c.session_id == m.c.session_id,
+                    echo.c.message_id == bindparam("new_message_id"),
+                ),
+            )
+            .values(
+                message_id=bindparam("new_message_id"),
+                status=case(
+                    (m.c.status == AckStatus.PENDING.value, AckStatus.SENT.value),
+                    else_=m.c.status,
+                ),
+                timestamp=bindparam("new_timestamp", type_=m.c.timestamp.type),
+                updated_at=case((m.c.created_at > now, m.c.created_at), else_=now),
+            )
+            .returning(*m.c),
+            every,
+        )
         self.mark_failed = update("status", "failure_reason", "updated_at")
         self.set_status = update("status")
         self.delete = direct(sa.delete(m).where(m.c.id == bindparam("record_id")))
@@ -641,8 +668,22 @@ class MessageStore:
         if not _searchable(record_id):
             raise _not_found(record_id)
         sql, writer = self._sql, self._writer
+        plain = {
+            "record_id": record_id,
+            "new_message_id": message_id,
+            "new_timestamp": timestamp,
+            "now": utc_now(),
+        }
 
         def work(connection: Connection) -> MessageRecord:
+            done = sql.mark_sent_plain.first(connection, plain)
+            if done is not None:
+                early = _take_early_ack(connection, writer, done["session_id"], message_id)
+                status = done["status"] if early is None else advance(done["status"], early)
+                if status == done["status"]:
+                    return _record(done)
+                changes = {"record_id": record_id, "status": status}
+                return _record(_one(sql.set_status.first(connection, changes)))
             row = sql.pending_for_sent.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
