@@ -5,8 +5,8 @@ at once, acks 50 ms apart) takes a fixed number of keep-alive connections, one r
 in flight on each, for a fixed time after a warm-up: first the trivial authenticated
 ``GET /api/sessions/{id}`` (the baseline: HTTP, auth, the session look-up), then
 ``POST .../messages/send-text`` (a pending row, the engine call, its own-message echo
-merged, three acks later). The load comes from ``wrk`` when installed (little CPU of
-its own), else from httpx in this process. Printed per case: requests/s, p50/p99
+claimed by the send, three acks later). The load comes from ``wrk`` when installed
+(little CPU of its own), else from httpx in this process. Printed per case: requests/s, p50/p99
 latency, non-2xx answers, and CPU time per request of the daemon (all threads, from
 /proc) and of the load generator. Targets: sends >= 1,000/s and >= 0.4 of the trivial
 rate, no non-2xx answer. The load generator and the daemon share this machine's cores;

@@ -194,6 +194,70 @@ async def test_a_cancelled_caller_neither_loses_its_operation_nor_stalls_the_que
             await anyio.sleep(0.05)
             release.set()
     # The cancelled caller's operation still ran (once queued it is decided), and the
-    # operation queued after it was not stranded.
+    # operation queued after it was not stranded; only caller 2's outcome was dropped.
     assert rows(db) == [1, 2, 3]
-    assert sorted(results) == [10, 20, 30]  # shielded: caller 2 saw its result too
+    assert sorted(results) == [10, 30]
+    assert group._leader is None  # the queue's task ended with the queue
+
+
+async def test_a_shielded_caller_sees_its_outcome_when_cancelled(db: Any) -> None:
+    group = GroupCommit(db)
+    release = threading.Event()
+    seen: list[int] = []
+    caller = anyio.CancelScope()
+
+    async def submit_shielded() -> None:
+        with caller:
+            with anyio.CancelScope(shield=True):
+                seen.append(await group.submit(insert(1, lambda: release.wait(10) or None)))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(submit_shielded)
+            await anyio.sleep(0.1)
+            caller.cancel()
+            await anyio.sleep(0.05)
+            release.set()
+    assert seen == [10]
+
+
+async def test_a_bug_in_the_queue_fails_its_batch_and_the_queue_goes_on(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupCommit(db)
+    real_run = group._run
+    calls = 0
+
+    async def broken_once(batch: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        await real_run(batch)
+
+    monkeypatch.setattr(group, "_run", broken_once)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await group.submit(insert(1))
+    assert await group.submit(insert(2)) == 20
+    assert rows(db) == [2]
+
+
+async def test_drain_waits_for_writes_whose_callers_went_away(db: Any) -> None:
+    group = GroupCommit(db)
+    release = threading.Event()
+    caller = anyio.CancelScope()
+
+    async def submit() -> None:
+        with caller:
+            await group.submit(insert(1, lambda: release.wait(10) or None))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(submit)
+            await anyio.sleep(0.05)
+            caller.cancel()  # gone; its write is still running
+        assert rows(db) == []
+        threading.Timer(0.1, release.set).start()
+        await group.drain()
+    assert rows(db) == [1]
+    await group.drain()  # an idle queue drains at once

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -949,3 +950,28 @@ async def test_a_message_typed_on_the_phone_during_a_send_is_stored_after_it(
         assert by_id[sent["messageId"]]["id"] == sent["id"]
     finally:
         events.close()
+
+
+async def test_a_send_whose_caller_goes_away_still_completes(
+    api: ApiHarness, operator: httpx.AsyncClient
+) -> None:
+    session, engine = await ready(api)
+    caller = anyio.CancelScope()
+    finished: list[bool] = []
+
+    async def send() -> None:
+        with caller:
+            await api.state.send.send_text(session, chat_id=CHAT, text="going away")
+            finished.append(True)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(send)
+        await anyio.lowlevel.checkpoint()  # the send is now writing its pending row
+        caller.cancel()
+    # Cancelled only once the send was over: the engine was asked and the row is
+    # sent, never left pending.
+    assert finished == [True]
+    assert [m.body for m in engine.sent] == ["going away"]
+    page = await history(operator, session)
+    assert [m["status"] for m in page["messages"]] != ["pending"]
+    assert page["messages"][0]["messageId"] == engine.sent[0].message_id

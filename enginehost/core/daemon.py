@@ -233,6 +233,12 @@ async def _serve_with(
                     log.error("http.shutdown_timeout", seconds=settings.shutdown_timeout)
                     server.force_exit = True
                 tg.cancel_scope.cancel()
+        # Message writes of callers cancelled on the way out still run: they finish
+        # before the databases close.
+        with anyio.move_on_after(settings.shutdown_timeout) as drain:
+            await state.send.messages.writes.drain()
+        if drain.cancelled_caught:
+            log.error("db.writes_not_drained", seconds=settings.shutdown_timeout)
     finally:
         sock.close()
     if not started:

@@ -812,18 +812,23 @@ class SendService:
         self._require(engine, capability)
         out = await prepare()
         await self._check_veto(session, capability, out.chat_id, out.text, out.media)
-        record, created = await self._messages.create_pending(
-            session.id,
-            chat_id=out.chat_id,
-            type=out.type,
-            body=out.body,
-            has_media=out.media is not None,
-            quoted_message_id=out.quoted_message_id,
-            idempotency_key=key,
-        )
-        if not created:
-            return _replay(record, out)
-        return await self._deliver(session, capability, engine, record.id, out, call)
+        # Shielded from the pending row on: once it is written the send completes (the
+        # engine is asked and the outcome recorded) even if the caller goes away, so no
+        # row is left pending; bounded by the send timeout.
+        with anyio.CancelScope(shield=True):
+            record, created = await self._messages.create_pending(
+                session.id,
+                chat_id=out.chat_id,
+                type=out.type,
+                body=out.body,
+                has_media=out.media is not None,
+                quoted_message_id=out.quoted_message_id,
+                idempotency_key=key,
+            )
+            if not created:
+                return _replay(record, out)
+            receipt = await self._deliver(session, capability, engine, record.id, out, call)
+        return receipt
 
     def _ready_engine(self, session: SessionRecord) -> Engine:
         status = session.status
@@ -886,14 +891,10 @@ class SendService:
         out: _Outgoing,
         call: _Call,
     ) -> SendReceipt:
-        # Shielded: once the engine is asked, the outcome is recorded even if the caller
-        # goes away; bounded so a hung engine cannot hold a row pending forever.
-        with anyio.CancelScope(shield=True):
-            async with self._manager.sending(session) as in_progress:
-                record = await self._ask_and_record(
-                    session, capability, engine, record_id, out, call
-                )
-                in_progress.record = record
+        # Run shielded (see _send).
+        async with self._manager.sending(session) as in_progress:
+            record = await self._ask_and_record(session, capability, engine, record_id, out, call)
+            in_progress.record = record
         assert record.message_id is not None
         return SendReceipt(
             id=record.id,
