@@ -3,6 +3,7 @@ queue that survives cancelled callers."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,7 +37,7 @@ def rows(db: Any) -> list[int]:
     )
 
 
-def insert(n: int, then: Callable[[], None] | None = None) -> Callable[[Connection], int]:
+def insert(n: int, then: Callable[[], object] | None = None) -> Callable[[Connection], int]:
     def operation(connection: Connection) -> int:
         connection.execute(text("INSERT INTO gc_rows (n) VALUES (:n)"), {"n": n})
         if then is not None:
@@ -172,7 +173,7 @@ async def test_a_cancelled_caller_neither_loses_its_operation_nor_stalls_the_que
     release = threading.Event()
     results: list[int] = []
 
-    async def submit(n: int, then: Callable[[], None] | None = None) -> None:
+    async def submit(n: int, then: Callable[[], object] | None = None) -> None:
         results.append(await group.submit(insert(n, then)))
 
     caller_2 = anyio.CancelScope()
@@ -261,3 +262,13 @@ async def test_drain_waits_for_writes_whose_callers_went_away(db: Any) -> None:
         await group.drain()
     assert rows(db) == [1]
     await group.drain()  # an idle queue drains at once
+
+
+async def test_the_queue_does_not_carry_a_callers_context(db: Any) -> None:
+    # Log context (request and session ids) of whichever caller started the queue must
+    # not label the writes of every other caller.
+    group = GroupCommit(db)
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="none")
+    marker.set("first caller")
+    seen = await group.submit(lambda connection: marker.get())
+    assert seen == "none"

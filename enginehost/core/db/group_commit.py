@@ -35,6 +35,7 @@ Failures stay with their operation:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -109,8 +110,10 @@ class GroupCommit:
         queued: _Queued[T] = _Queued(operation)
         self._queue.append(queued)
         if self._leader is None:
+            # A context of its own: the task serves every caller, so it must not carry
+            # the first one's log context (request and session ids) into its logs.
             self._leader = asyncio.get_running_loop().create_task(
-                self._lead(), name="enginehost-group-commit"
+                self._lead(), name="enginehost-group-commit", context=contextvars.Context()
             )
         await queued.wake  # cancelling the caller cancels this future only
         if queued.error is not None:
