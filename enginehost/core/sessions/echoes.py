@@ -1,6 +1,6 @@
 """Own-message echoes that arrive while a send of their session is with the engine.
 
-Engines report the host's own sends back as own messages (the "echo"), usually before
+Engines report the host's own sends back as own messages (the "echo"), often before
 the send call returns its message id. Stored at once, such an echo is a row of its own
 that the send then has to find and merge (an insert, a look-up and a delete per send)
 and it would announce ``message.sent`` under the id of a row about to disappear.
