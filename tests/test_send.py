@@ -973,5 +973,6 @@ async def test_a_send_whose_caller_goes_away_still_completes(
     assert finished == [True]
     assert [m.body for m in engine.sent] == ["going away"]
     page = await history(operator, session)
-    assert [m["status"] for m in page["messages"]] != ["pending"]
-    assert page["messages"][0]["messageId"] == engine.sent[0].message_id
+    (row,) = page["messages"]
+    assert row["status"] in ("sent", "delivered", "read")
+    assert row["messageId"] == engine.sent[0].message_id
