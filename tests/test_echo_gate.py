@@ -75,6 +75,16 @@ def test_an_echo_waits_for_every_send_in_progress_when_it_arrived() -> None:
     assert gate.held == 0
 
 
+def test_ending_a_send_twice_does_not_end_another() -> None:
+    gate = EchoGate()
+    first, _still_sending = gate.begin("s"), gate.begin("s")
+    gate.end(first)
+    assert gate.end(first).released == ()
+    # The second send is still in progress: its session's echoes are still held.
+    assert gate.hold("s", "alpha", own("C")) is True
+    assert gate.held == 1
+
+
 def test_a_failed_send_releases_what_it_held() -> None:
     gate = EchoGate()
     send = gate.begin("s")
