@@ -16,7 +16,7 @@ import pytest
 from enginehost.core import qr
 from enginehost.core.engine import Capability
 from enginehost.plugins.sandbox import SandboxEngine
-from tests.support.api import ApiHarness, api_harness
+from tests.support.api import ApiHarness, api_harness, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -76,14 +76,6 @@ async def create(client: httpx.AsyncClient, name: str, **fields: Any) -> dict[st
     return body
 
 
-def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["statusCode"] == status and body["message"]
-    return body
-
-
 # ------------------------------------------------------------------------------ create
 
 
@@ -109,20 +101,20 @@ async def test_create_refuses_duplicates_unknown_engines_and_bad_names(tmp_path:
         client = api.client(await api.key("operator"))
         await create(client, "alpha")
         duplicate = await client.post("/api/sessions", json={"name": "alpha"})
-        assert "alpha" in error(duplicate, 409, "session_exists")["message"]
+        assert "alpha" in assert_error(duplicate, 409, "session_exists")["message"]
 
         unknown = await client.post("/api/sessions", json={"name": "beta", "engine": "nope"})
-        body = error(unknown, 422, "unknown_engine")
+        body = assert_error(unknown, 422, "unknown_engine")
         assert "'nope'" in body["message"] and "loaded engines: sandbox" in body["message"]
 
         for name in ("bad name", "-leading", "", "x" * 101, "slash/name"):
             response = await client.post("/api/sessions", json={"name": name})
-            error(response, 422, "validation_failed")
+            assert_error(response, 422, "validation_failed")
 
         missing = await client.post("/api/sessions", json={})
-        assert error(missing, 422, "validation_failed")["errors"][0]["path"] == "name"
+        assert assert_error(missing, 422, "validation_failed")["errors"][0]["path"] == "name"
         extra = await client.post("/api/sessions", json={"name": "gamma", "colour": "red"})
-        error(extra, 422, "validation_failed")
+        assert_error(extra, 422, "validation_failed")
         assert [s["name"] for s in (await client.get("/api/sessions")).json()] == ["alpha"]
 
 
@@ -130,7 +122,7 @@ async def test_a_default_engine_that_is_not_loaded_is_named(tmp_path: Path) -> N
     async with sessions_api(tmp_path, default_engine="baileys") as api:
         client = api.client(api.admin_secret)
         response = await client.post("/api/sessions", json={"name": "alpha"})
-        assert "'baileys'" in error(response, 422, "unknown_engine")["message"]
+        assert "'baileys'" in assert_error(response, 422, "unknown_engine")["message"]
         assert (await create(client, "alpha", engine="sandbox"))["engine"] == "sandbox"
 
 
@@ -145,7 +137,7 @@ async def test_create_validates_reconnect_overrides(tmp_path: Path) -> None:
         ]
         for config, path in cases:
             response = await client.post("/api/sessions", json={"name": "alpha", "config": config})
-            body = error(response, 422, "validation_failed")
+            body = assert_error(response, 422, "validation_failed")
             assert body["errors"][0]["path"] == path, body
         good = {"reconnect": {"baseSeconds": 2, "capSeconds": 120}, "flavour": "x"}
         session = await create(client, "alpha", config=good)
@@ -182,7 +174,7 @@ async def test_create_stores_a_proxy_and_masks_its_password(tmp_path: Path) -> N
         ]
         for fields, path in bad:
             response = await client.post("/api/sessions", json={"name": "gamma", **fields})
-            body = error(response, 422, "validation_failed")
+            body = assert_error(response, 422, "validation_failed")
             assert body["errors"][0]["path"] == path, (fields, body)
 
 
@@ -225,7 +217,7 @@ async def test_a_config_read_back_with_masks_keeps_its_secrets(tmp_path: Path) -
         response = await client.patch(
             "/api/sessions/alpha", json={"config": {"api_secret": "**********"}}
         )
-        body = error(response, 422, "validation_failed")
+        body = assert_error(response, 422, "validation_failed")
         assert body["errors"][0]["path"] == "config.api_secret"
         assert "api_secret" not in (await api.state.sessions.resolve("alpha")).config
 
@@ -254,10 +246,10 @@ async def test_list_and_get_by_id_or_name(tmp_path: Path) -> None:
         by_name = (await viewer.get("/api/sessions/alpha")).json()
         assert by_id == by_name == alpha
         assert (await viewer.get(f"/api/sessions/{beta['id']}")).json()["name"] == "beta"
-        error(await viewer.get("/api/sessions/ghost"), 404, "session_not_found")
+        assert_error(await viewer.get("/api/sessions/ghost"), 404, "session_not_found")
         # Viewers read; they do not act.
-        error(await viewer.post("/api/sessions/alpha/start"), 403, "forbidden_role")
-        error(await viewer.post("/api/sessions", json={"name": "x"}), 403, "forbidden_role")
+        assert_error(await viewer.post("/api/sessions/alpha/start"), 403, "forbidden_role")
+        assert_error(await viewer.post("/api/sessions", json={"name": "x"}), 403, "forbidden_role")
 
 
 async def test_a_scoped_key_sees_only_its_sessions(tmp_path: Path) -> None:
@@ -278,14 +270,14 @@ async def test_a_scoped_key_sees_only_its_sessions(tmp_path: Path) -> None:
 
         assert (await scoped.get("/api/sessions/alpha")).status_code == 200
         for path in ("/api/sessions/beta", f"/api/sessions/{beta['id']}", "/api/sessions/gamma"):
-            error(await scoped.get(path), 404, "session_not_found")
-        error(await scoped.get("/api/sessions/gamma/qr"), 404, "session_not_found")
-        error(await scoped.post("/api/sessions/beta/start"), 404, "session_not_found")
-        error(await scoped.delete("/api/sessions/beta"), 404, "session_not_found")
-        error(await scoped.delete("/api/sessions/ghost"), 404, "session_not_found")
+            assert_error(await scoped.get(path), 404, "session_not_found")
+        assert_error(await scoped.get("/api/sessions/gamma/qr"), 404, "session_not_found")
+        assert_error(await scoped.post("/api/sessions/beta/start"), 404, "session_not_found")
+        assert_error(await scoped.delete("/api/sessions/beta"), 404, "session_not_found")
+        assert_error(await scoped.delete("/api/sessions/ghost"), 404, "session_not_found")
         assert (await admin.get("/api/sessions/beta")).status_code == 200
         created = await scoped.post("/api/sessions", json={"name": "delta"})
-        error(created, 403, "forbidden_scope")
+        assert_error(created, 403, "forbidden_scope")
 
 
 async def test_stats_count_statuses_and_active_sessions(tmp_path: Path) -> None:
@@ -338,8 +330,8 @@ async def test_start_show_qr_scan_ready(tmp_path: Path) -> None:
         session = await create(operator, "alpha")
 
         not_started = await viewer.get("/api/sessions/alpha/qr")
-        assert error(not_started, 409, "qr_not_available")["status"] == "created"
-        error(await viewer.get("/api/sessions/alpha/qr.png"), 409, "qr_not_available")
+        assert assert_error(not_started, 409, "qr_not_available")["status"] == "created"
+        assert_error(await viewer.get("/api/sessions/alpha/qr.png"), 409, "qr_not_available")
 
         started = await operator.post("/api/sessions/alpha/start")
         assert started.status_code == 200 and started.json()["desiredState"] == "running"
@@ -374,9 +366,9 @@ async def test_start_show_qr_scan_ready(tmp_path: Path) -> None:
         assert all(entry["at"] for entry in ready["statusHistory"])
 
         linked = await viewer.get("/api/sessions/alpha/qr")
-        body = error(linked, 409, "qr_not_available")
+        body = assert_error(linked, 409, "qr_not_available")
         assert body["status"] == "ready" and "already linked" in body["message"]
-        error(await viewer.get("/api/sessions/alpha/qr.png"), 409, "qr_not_available")
+        assert_error(await viewer.get("/api/sessions/alpha/qr.png"), 409, "qr_not_available")
 
 
 async def test_lifecycle_actions_are_idempotent(tmp_path: Path) -> None:
@@ -442,7 +434,7 @@ async def test_logout_reports_an_engine_that_refuses_the_session(tmp_path: Path)
         # The sandbox refuses session config keys it does not know.
         await create(client, "alpha", config={"colour": "red"})
         response = await client.post("/api/sessions/alpha/logout")
-        body = error(response, 409, "logout_failed")
+        body = assert_error(response, 409, "logout_failed")
         assert "colour" in body["message"]
 
 
@@ -456,7 +448,7 @@ async def test_delete_is_idempotent_and_stops_the_session(tmp_path: Path) -> Non
             response = await client.delete("/api/sessions/alpha")
             assert response.status_code == 204 and response.content == b""
         assert api.state.manager.live(session["id"]) is None
-        error(await client.get("/api/sessions/alpha"), 404, "session_not_found")
+        assert_error(await client.get("/api/sessions/alpha"), 404, "session_not_found")
         assert (await client.delete(f"/api/sessions/{session['id']}")).status_code == 204
         assert (await client.get("/api/sessions")).json() == []
         # The name is free again.
@@ -489,13 +481,13 @@ async def test_put_replaces_and_patch_merges_the_config(tmp_path: Path) -> None:
         bad = await client.patch(
             "/api/sessions/alpha", json={"config": {"reconnect": {"baseSeconds": -1}}}
         )
-        assert error(bad, 422, "validation_failed")["errors"][0]["path"] == (
+        assert assert_error(bad, 422, "validation_failed")["errors"][0]["path"] == (
             "config.reconnect.baseSeconds"
         )
         bad_proxy = await client.put("/api/sessions/alpha", json={"config": {"proxy": 1}})
-        error(bad_proxy, 422, "validation_failed")
-        error(await client.put("/api/sessions/alpha", json={}), 422, "validation_failed")
-        error(
+        assert_error(bad_proxy, 422, "validation_failed")
+        assert_error(await client.put("/api/sessions/alpha", json={}), 422, "validation_failed")
+        assert_error(
             await client.put("/api/sessions/alpha", json={"config": {}, "name": "x"}),
             422,
             "validation_failed",
@@ -516,7 +508,7 @@ async def test_pairing_code_links_the_requested_number(tmp_path: Path) -> None:
         not_running = await client.post(
             "/api/sessions/alpha/pairing-code", json={"phoneNumber": "15551234567"}
         )
-        error(not_running, 409, "session_not_running")
+        assert_error(not_running, 409, "session_not_running")
 
         await client.post("/api/sessions/alpha/start")
         await wait_status(client, "alpha", "qr_ready")
@@ -524,7 +516,8 @@ async def test_pairing_code_links_the_requested_number(tmp_path: Path) -> None:
             response = await client.post(
                 "/api/sessions/alpha/pairing-code", json={"phoneNumber": bad}
             )
-            assert error(response, 422, "validation_failed")["errors"][0]["path"] == "phoneNumber"
+            body = assert_error(response, 422, "validation_failed")
+            assert body["errors"][0]["path"] == "phoneNumber"
 
         response = await client.post(
             "/api/sessions/alpha/pairing-code", json={"phoneNumber": "15551234567"}
@@ -543,7 +536,7 @@ async def test_pairing_code_links_the_requested_number(tmp_path: Path) -> None:
         linked = await client.post(
             "/api/sessions/alpha/pairing-code", json={"phoneNumber": "15551234567"}
         )
-        error(linked, 409, "session_already_linked")
+        assert_error(linked, 409, "session_already_linked")
 
 
 async def test_pairing_code_on_an_engine_without_it_is_501(
@@ -560,5 +553,5 @@ async def test_pairing_code_on_an_engine_without_it_is_501(
         response = await client.post(
             "/api/sessions/alpha/pairing-code", json={"phoneNumber": "15551234567"}
         )
-        body = error(response, 501, "not_supported")
+        body = assert_error(response, 501, "not_supported")
         assert "'sandbox'" in body["message"]

@@ -16,7 +16,7 @@ import pytest
 
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.templates.models import BODY_MAX, HEADER_FOOTER_MAX, NAME_MAX
-from tests.support.api import ApiHarness, api_harness
+from tests.support.api import ApiHarness, api_harness, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -53,15 +53,6 @@ async def create(client: httpx.AsyncClient, session: str, **fields: Any) -> dict
     response = await client.post(templates_url(session), json=payload)
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
-    return body
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["statusCode"] == status
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
     return body
 
 

@@ -28,7 +28,7 @@ from enginehost.core.messages.store import MessageStore
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.plugins.sandbox.engine import SandboxEngine
 from enginehost.plugins.sandbox.plugin import SandboxPlugin
-from tests.support.api import ApiHarness, api_harness
+from tests.support.api import ApiHarness, api_harness, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -127,15 +127,6 @@ async def ready(api: ApiHarness, name: str = "alpha") -> tuple[SessionRecord, Sa
 def url(session: SessionRecord | str, action: str = "") -> str:
     key = session if isinstance(session, str) else session.id
     return f"/api/sessions/{key}/messages" + (f"/{action}" if action else "")
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["statusCode"] == status
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 def paths(body: dict[str, Any]) -> list[str]:

@@ -102,3 +102,13 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
             raise failure
     finally:
         databases.dispose()
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check ``response`` is the error model with ``status`` and ``code``; its body."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["statusCode"] == status
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    return body
