@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import AwareDatetime, ConfigDict, Field
 
 from enginehost.core.auth.models import ApiKey
 from enginehost.core.auth.roles import Role
 from enginehost.core.auth.service import ApiKeyService
 from enginehost.core.engine import utc_now
 from enginehost.core.http.auth import Access, Scope, requires
+from enginehost.core.http.models import CamelModel
 
 __all__ = ["ApiKeyCreate", "ApiKeyOut", "ApiKeyWithSecret", "key_out", "router"]
 
@@ -35,11 +35,7 @@ _LAST_ADMIN: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class ApiKeyOut(_Camel):
+class ApiKeyOut(CamelModel):
     """An API key as the API shows it: never its secret, never its hash."""
 
     id: str
@@ -64,7 +60,7 @@ class ApiKeyWithSecret(ApiKeyOut):
     key: str = Field(description="The secret. Shown only in this answer; store it now.")
 
 
-class ApiKeyCreate(_Camel):
+class ApiKeyCreate(CamelModel):
     """A new key: its role, optional session scope and optional expiry."""
 
     model_config = ConfigDict(extra="forbid")

@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import AwareDatetime, ConfigDict, Field
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.engine import MessageType
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
+from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.messages.models import CHAT_ID_MAX, IDEMPOTENCY_KEY_MAX, MESSAGE_ID_MAX
 from enginehost.core.messages.models import MessageRecord as StoredMessage
 from enginehost.core.messages.send import (
@@ -73,14 +73,6 @@ _REPLAYED_HEADER = "Idempotent-Replayed"
 # ------------------------------------------------------------------------------ models
 
 
-class _CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class _RequestModel(_CamelModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
 _CHAT_ID_DOC = "A chat id: `<digits>@c.us`, `<id>@g.us`, `<lid>@lid` or `status@broadcast`."
 _CHAT_EXAMPLE = "15551234567@c.us"
 
@@ -93,14 +85,14 @@ def _message_id_field(description: str) -> Any:
     return Field(min_length=1, max_length=MESSAGE_ID_MAX, description=description)
 
 
-class SendTextRequest(_RequestModel):
+class SendTextRequest(RequestModel):
     """A text message."""
 
     chat_id: str = _chat_field()
     text: str = Field(min_length=1, max_length=TEXT_MAX, examples=["Hello from enginehost"])
 
 
-class SendMediaRequest(_RequestModel):
+class SendMediaRequest(RequestModel):
     """Media from a URL or inline base64 (exactly one of them)."""
 
     chat_id: str = _chat_field()
@@ -124,7 +116,7 @@ class SendMediaRequest(_RequestModel):
     caption: str | None = Field(None, max_length=CAPTION_MAX)
 
 
-class SendLocationRequest(_RequestModel):
+class SendLocationRequest(RequestModel):
     """A location pin."""
 
     chat_id: str = _chat_field()
@@ -132,7 +124,7 @@ class SendLocationRequest(_RequestModel):
     longitude: float = Field(ge=-180, le=180, allow_inf_nan=False, examples=[13.3777])
 
 
-class SendContactRequest(_RequestModel):
+class SendContactRequest(RequestModel):
     """A contact card."""
 
     chat_id: str = _chat_field()
@@ -145,7 +137,7 @@ class SendContactRequest(_RequestModel):
     )
 
 
-class SendTemplateRequest(_RequestModel):
+class SendTemplateRequest(RequestModel):
     """A stored template of the session, rendered and sent as text."""
 
     chat_id: str = _chat_field()
@@ -158,7 +150,7 @@ class SendTemplateRequest(_RequestModel):
     )
 
 
-class ReplyRequest(_RequestModel):
+class ReplyRequest(RequestModel):
     """A text quoting an earlier message."""
 
     chat_id: str = _chat_field()
@@ -166,7 +158,7 @@ class ReplyRequest(_RequestModel):
     text: str = Field(min_length=1, max_length=TEXT_MAX)
 
 
-class ForwardRequest(_RequestModel):
+class ForwardRequest(RequestModel):
     """An existing message, forwarded to another chat."""
 
     from_chat_id: str = _chat_field("The chat the message is in.")
@@ -174,7 +166,7 @@ class ForwardRequest(_RequestModel):
     message_id: str = _message_id_field("The engine's id of the message.")
 
 
-class ReactRequest(_RequestModel):
+class ReactRequest(RequestModel):
     """A reaction; an empty `emoji` removes this account's reaction."""
 
     chat_id: str = _chat_field()
@@ -182,14 +174,14 @@ class ReactRequest(_RequestModel):
     emoji: str = Field(max_length=EMOJI_MAX, examples=["👍"])
 
 
-class DeleteRequest(_RequestModel):
+class DeleteRequest(RequestModel):
     """A message this account sent, to delete for everyone."""
 
     chat_id: str = _chat_field()
     message_id: str = _message_id_field("The engine's id of the message.")
 
 
-class SendResult(_CamelModel):
+class SendResult(CamelModel):
     """A send's outcome."""
 
     message_id: str = Field(description="The engine's id of the message.")
@@ -200,16 +192,16 @@ class SendResult(_CamelModel):
     )
 
 
-class ActionResult(_CamelModel):
+class ActionResult(CamelModel):
     """An action that made no message (OpenWA's shape): failures are error statuses."""
 
     success: bool = True
 
 
-class MessageOut(_CamelModel):
+class MessageOut(CamelModel):
     """A stored message."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
+    model_config = ConfigDict(from_attributes=True)
 
     id: str = Field(description="The record's id (a UUID).")
     session_id: str
@@ -232,7 +224,7 @@ class MessageOut(_CamelModel):
     )
 
 
-class MessageList(_CamelModel):
+class MessageList(CamelModel):
     """A page of messages, newest first."""
 
     messages: list[MessageOut]
@@ -314,9 +306,7 @@ def _message(record: StoredMessage) -> MessageOut:
     )
 
 
-_Responses = dict[int | str, dict[str, Any]]
-
-_SEND_ERRORS: _Responses = {
+_SEND_ERRORS: Responses = {
     403: {"description": "A plugin vetoed the send (`send_vetoed`, with its `reason`)"},
     404: {"description": "No such session (or not visible to the key), or no such template"},
     409: {
@@ -335,7 +325,7 @@ _SEND_ERRORS: _Responses = {
         "`retryAfter` seconds and a `Retry-After` header)"
     },
 }
-_MEDIA_ERRORS: _Responses = {
+_MEDIA_ERRORS: Responses = {
     **_SEND_ERRORS,
     413: {"description": "The media is larger than the host accepts (`payload_too_large`)"},
 }

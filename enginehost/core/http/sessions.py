@@ -30,8 +30,7 @@ from urllib.parse import urlsplit
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from enginehost.core import qr
 from enginehost.core.auth.roles import Role
@@ -44,6 +43,7 @@ from enginehost.core.engine import (
 )
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
+from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
 from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus
@@ -81,15 +81,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 # ------------------------------------------------------------------------------ models
 
 
-class _CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class _RequestModel(_CamelModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class StatusChange(_CamelModel):
+class StatusChange(CamelModel):
     """One entry of a session's status history."""
 
     status: str
@@ -97,7 +89,7 @@ class StatusChange(_CamelModel):
     reason: str | None = None
 
 
-class SessionOut(_CamelModel):
+class SessionOut(CamelModel):
     """A session: the contract's fields plus enginehost's."""
 
     id: str = Field(description="The session's id (a UUID).")
@@ -131,7 +123,7 @@ class SessionOut(_CamelModel):
     )
 
 
-class SessionCreate(_RequestModel):
+class SessionCreate(RequestModel):
     """A new session."""
 
     name: str = Field(
@@ -163,7 +155,7 @@ class SessionCreate(_RequestModel):
     start: bool = Field(False, description="Start the session at once (enginehost extension).")
 
 
-class SessionConfigUpdate(_RequestModel):
+class SessionConfigUpdate(RequestModel):
     """A session's new config."""
 
     config: dict[str, Any] = Field(
@@ -173,7 +165,7 @@ class SessionConfigUpdate(_RequestModel):
     )
 
 
-class SessionStats(_CamelModel):
+class SessionStats(CamelModel):
     """Counts over the sessions the key may see."""
 
     total: int
@@ -186,7 +178,7 @@ class SessionStats(_CamelModel):
     by_status: dict[str, int] = Field(description="Every status, with its count (zeros too).")
 
 
-class QrOut(_CamelModel):
+class QrOut(CamelModel):
     """The QR code to link a session's account."""
 
     qr_code: str = Field(description="The QR as a PNG image in a `data:image/png;base64,` URL.")
@@ -197,7 +189,7 @@ class QrOut(_CamelModel):
     status: str
 
 
-class PairingCodeRequest(_RequestModel):
+class PairingCodeRequest(RequestModel):
     """The number of the account to link with a pairing code."""
 
     phone_number: str = Field(
@@ -207,7 +199,7 @@ class PairingCodeRequest(_RequestModel):
     )
 
 
-class PairingCodeOut(_CamelModel):
+class PairingCodeOut(CamelModel):
     """A pairing code to enter on the phone (Linked devices → Link with phone number)."""
 
     pairing_code: str = Field(examples=["ABCD-EFGH"])
@@ -337,10 +329,8 @@ def _active(record: SessionRecord) -> bool:
     return record.desired_state == "running" or record.status in IN_FLIGHT
 
 
-_Responses = dict[int | str, dict[str, Any]]
-
-_NOT_FOUND: _Responses = {404: {"description": "No such session (or not visible to the key)"}}
-_QR_CONFLICT: _Responses = {
+_NOT_FOUND: Responses = {404: {"description": "No such session (or not visible to the key)"}}
+_QR_CONFLICT: Responses = {
     409: {
         "description": "No QR to show (`qr_not_available`): the session is not running, "
         "or it is already linked; the body's `status` says which"

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic.alias_generators import to_camel
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
+from enginehost.core.http.models import CamelModel
 from enginehost.core.settings import CONFIG_FILE_VARIABLE, ENV_PREFIX, Settings
 
 __all__ = ["READ_ONLY_MESSAGE", "SettingsView", "router"]
@@ -29,10 +30,8 @@ READ_ONLY_MESSAGE = (
 )
 
 
-class SettingsView(BaseModel):
+class SettingsView(CamelModel):
     """The effective settings, secrets masked, and how they can be changed."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     settings: dict[str, Any] = Field(
         description="Effective settings by camelCase name; engine blobs keep their own "

@@ -16,12 +16,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
+from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.templates.errors import TemplateNotFoundError
 from enginehost.core.templates.models import BODY_MAX, HEADER_FOOTER_MAX, NAME_MAX, Template
 from enginehost.core.templates.service import TemplateService
@@ -48,18 +48,10 @@ _NOT_NULL = ("name", "body")
 # ------------------------------------------------------------------------------ models
 
 
-class _CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class _RequestModel(_CamelModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class TemplateOut(_CamelModel):
+class TemplateOut(CamelModel):
     """A stored template."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
+    model_config = ConfigDict(from_attributes=True)
 
     id: str = Field(description="The template's id (a UUID).")
     session_id: str = Field(description="The id of the session the template belongs to.")
@@ -71,7 +63,7 @@ class TemplateOut(_CamelModel):
     updated_at: datetime
 
 
-class TemplateCreate(_RequestModel):
+class TemplateCreate(RequestModel):
     """A new template."""
 
     name: str = Field(
@@ -92,7 +84,7 @@ class TemplateCreate(_RequestModel):
     )
 
 
-class TemplateUpdate(_RequestModel):
+class TemplateUpdate(RequestModel):
     """The fields to change; absent fields stay as they are. ``null`` clears a header or
     footer (``name`` and ``body`` cannot be null)."""
 
@@ -102,7 +94,7 @@ class TemplateUpdate(_RequestModel):
     footer: str | None = Field(None, max_length=HEADER_FOOTER_MAX)
 
 
-class RenderRequest(_RequestModel):
+class RenderRequest(RequestModel):
     """The variables to render a template with."""
 
     variables: dict[str, Any] = Field(
@@ -112,7 +104,7 @@ class RenderRequest(_RequestModel):
     )
 
 
-class RenderResult(_CamelModel):
+class RenderResult(CamelModel):
     """A rendered template: header, body and footer joined by a blank line."""
 
     text: str
@@ -146,12 +138,10 @@ def _out(template: Template) -> TemplateOut:
     return TemplateOut.model_validate(template)
 
 
-_Responses = dict[int | str, dict[str, Any]]
-
-_NOT_FOUND: _Responses = {
+_NOT_FOUND: Responses = {
     404: {"description": "No such session or template (or not visible to the key)"}
 }
-_INVALID: _Responses = {422: {"description": "A field is invalid; `errors` names each one"}}
+_INVALID: Responses = {422: {"description": "A field is invalid; `errors` names each one"}}
 
 
 # ------------------------------------------------------------------------------ routes
