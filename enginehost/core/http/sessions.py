@@ -41,6 +41,7 @@ from enginehost.core.engine import (
     EngineNotRunningError,
     UnsupportedOperationError,
 )
+from enginehost.core.errors import FieldError
 from enginehost.core.http.auth import Access, Scope, requires
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
@@ -240,39 +241,30 @@ def session_out(record: SessionRecord) -> SessionOut:
     )
 
 
-def _invalid(path: str, message: str) -> ApiError:
-    return ApiError(
-        422,
-        f"{path}: {message}",
-        code="validation_failed",
-        extra={"errors": [{"path": path, "message": message}]},
-    )
-
-
 def _check_proxy(proxy: Any, path: str, url_path: str | None = None) -> None:
     """Check a ``{url, type}`` proxy; problems with the URL are reported at ``url_path``
     (default ``<path>.url``)."""
     url_path = url_path or f"{path}.url"
     if not isinstance(proxy, Mapping):
-        raise _invalid(path, "must be an object with `url` and `type`")
+        raise FieldError(path, "must be an object with `url` and `type`")
     unknown = sorted(set(proxy) - {"url", "type"})
     if unknown:
-        raise _invalid(f"{path}.{unknown[0]}", "unknown setting; use url and type")
+        raise FieldError(f"{path}.{unknown[0]}", "unknown setting; use url and type")
     url, kind = proxy.get("url"), proxy.get("type")
     if not isinstance(url, str) or not url:
-        raise _invalid(url_path, "must be a URL")
+        raise FieldError(url_path, "must be a URL")
     try:
         parts = urlsplit(url)
         _ = parts.port  # a port that is not a number raises ValueError
     except ValueError as exc:
-        raise _invalid(url_path, f"not a valid URL: {exc}") from None
+        raise FieldError(url_path, f"not a valid URL: {exc}") from None
     if not parts.hostname or parts.scheme not in PROXY_TYPES:
-        raise _invalid(
+        raise FieldError(
             url_path,
             f"must be a URL like socks5://host:1080 with a scheme of {', '.join(PROXY_TYPES)}",
         )
     if kind not in PROXY_TYPES:
-        raise _invalid(f"{path}.type", f"must be one of {', '.join(PROXY_TYPES)}")
+        raise FieldError(f"{path}.type", f"must be one of {', '.join(PROXY_TYPES)}")
 
 
 def _unmasked(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,7 +273,7 @@ def _unmasked(config: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, An
     try:
         restored: dict[str, Any] = restore_masked(config, stored)
     except MaskedValueError as exc:
-        raise _invalid(exc.path, str(exc).split(": ", 1)[1]) from None
+        raise FieldError(exc.path, str(exc).split(": ", 1)[1]) from None
     return restored
 
 
@@ -297,15 +289,14 @@ def _proxy(url: str | None, kind: str | None) -> dict[str, str] | None:
     """``config.proxy`` from ``proxyUrl``/``proxyType`` (None when neither is given)."""
     if url is None:
         if kind is not None:
-            raise _invalid("proxyType", "needs a proxyUrl")
+            raise FieldError("proxyType", "needs a proxyUrl")
         return None
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if "://" not in url and kind is not None:
         url = f"{kind}://{url}"  # "proxy:1080" with proxyType socks5
-        scheme = kind
     chosen = kind or scheme
     if chosen not in PROXY_TYPES:
-        raise _invalid(
+        raise FieldError(
             "proxyUrl",
             f"give a URL with a scheme of {', '.join(PROXY_TYPES)}, or set proxyType",
         )
@@ -718,7 +709,7 @@ async def _pairing_code(engine: Engine, phone: str) -> str:
     except EngineNotRunningError as exc:
         raise ApiError(409, str(exc), code="session_not_running") from None
     except ValueError as exc:
-        raise _invalid("phoneNumber", str(exc)) from None
+        raise FieldError("phoneNumber", str(exc)) from None
     except EngineError as exc:
         raise ApiError(502, f"the engine refused: {exc}", code="engine_error") from None
     if not isinstance(code, str) or not re.fullmatch(r"[A-Za-z0-9-]{4,16}", code):
