@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
@@ -253,21 +253,29 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal error", **extra), status_code=500)
 
 
+_Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
+
+_CALLER_AND_DATABASE_ERRORS: tuple[tuple[type[Exception], _Handler], ...] = (
+    (ServiceError, _service_error),  # ApiError included
+    *((database_error, _database_error) for database_error in _DATABASE_ERRORS),
+)
+"""The handlers for a caller's or the database's problem: installed on the app, and
+what :func:`error_response` answers with (one table, so they cannot drift apart)."""
+
+
 async def error_response(request: Request, exc: Exception) -> JSONResponse | None:
     """The answer the app's handlers give for ``exc`` when it is a caller's or the
     database's problem; None for anything else (an unexpected error, re-raise it)."""
-    if isinstance(exc, ServiceError):  # ApiError included
-        return await _service_error(request, exc)
-    if isinstance(exc, _DATABASE_ERRORS):
-        return await _database_error(request, exc)
+    for error_type, handler in _CALLER_AND_DATABASE_ERRORS:
+        if isinstance(exc, error_type):
+            return await handler(request, exc)
     return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can produce through the error model."""
-    app.add_exception_handler(ServiceError, _service_error)
+    for error_type, handler in _CALLER_AND_DATABASE_ERRORS:
+        app.add_exception_handler(error_type, handler)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for database_error in _DATABASE_ERRORS:
-        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
