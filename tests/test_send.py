@@ -149,7 +149,7 @@ def small_limits(api: ApiHarness, **options: Any) -> SendService:
         api.state.templates,
         **{"allow_private_networks": True, **options},
     )
-    api.app.state.send_service = service
+    api.state.send = service
     return service
 
 

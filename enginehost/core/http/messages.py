@@ -254,10 +254,7 @@ Operator = Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)]
 
 
 def send_service(request: Request) -> SendService:
-    """The host's send service (tests may replace it on ``app.state.send_service``)."""
-    replaced = getattr(request.app.state, "send_service", None)
-    if isinstance(replaced, SendService):
-        return replaced
+    """The host's send service."""
     service: SendService = request.app.state.host.send
     return service
 
