@@ -3,9 +3,10 @@
 FastAPI's per-request machinery (dependency solving, parameter extraction, response
 validation) cost about 0.3 ms of CPU per send, a quarter of everything a send costs the
 host. This middleware serves the common case itself, from the route's own parts: the
-same access check (:func:`~enginehost.core.http.auth.authorize`), the same request
-model, the same service call, the same response model, the same error rendering, and
-the route object in the scope (so the audit trail records the same action).
+access rule the route declares, checked by the same
+:func:`~enginehost.core.http.auth.authorize`; the same request model; the route's own
+endpoint function and status code; the app's error rendering; and the route object in
+the scope (so the audit trail records the same action).
 
 Whatever it cannot serve exactly as the route would goes to FastAPI untouched, body
 included: a request without a valid key or with a role or session the key may not
@@ -16,25 +17,26 @@ still comes from the route itself. ``ENGINEHOST_HTTP_FAST_PATH=false`` turns it 
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enginehost.core.auth.roles import Role
+from enginehost.core.http import messages
 from enginehost.core.http.auth import Scope as AccessScope
-from enginehost.core.http.auth import api_routes, authorize
+from enginehost.core.http.auth import api_routes, authorize, route_rule
 from enginehost.core.http.errors import error_response
-from enginehost.core.http.messages import SendTextRequest, send_result, send_service
+from enginehost.core.http.messages import SendTextRequest
 from enginehost.core.http.middleware import replaying
 
 __all__ = ["FastSendText", "install_fast_path"]
 
-_TEMPLATE = "/api/sessions/{sessionId}/messages/send-text"
+# Checked against the route's own template when the route is first looked up.
 _PATH = re.compile(r"^/api/sessions/([^/]+)/messages/send-text$")
 _JSON = b"application/json"
 _IDEMPOTENCY_KEY = b"idempotency-key"
@@ -46,7 +48,7 @@ class FastSendText:
     def __init__(self, app: ASGIApp, host: FastAPI) -> None:
         self.app = app
         self.host = host
-        self._route: Any = None
+        self._route: _SendTextRoute | None = None
         self.served = 0
         """Requests answered here (for tests and curiosity)."""
 
@@ -58,8 +60,8 @@ class FastSendText:
         if match is None or not _plain_json(scope):
             await self.app(scope, receive, send)
             return
-        messages, body = await _read_body(receive)
-        replay = replaying(messages, receive)
+        received, body = await _read_body(receive)
+        replay = replaying(received, receive)
         if body is None or not await self._serve(scope, match.group(1), body, replay, send):
             await self.app(scope, replay, send)
 
@@ -68,42 +70,59 @@ class FastSendText:
     ) -> bool:
         """Answer the request; False (having sent nothing) to leave it to the route."""
         try:
-            payload = SendTextRequest.model_validate(json.loads(body))
-        except (ValueError, ValidationError):
+            payload = SendTextRequest.model_validate_json(body)
+        except ValueError:  # pydantic's ValidationError included
             return False
+        route = self._send_text_route()
         request = Request(scope, receive)
         try:
-            access = await authorize(request, Role.OPERATOR, AccessScope.SESSION, session_key)
+            access = await authorize(request, route.role, route.scope, session_key)
         except Exception:
             return False  # the route gives the same refusal, in its own words
         # From here on the request is ours: the route is what handled it, as far as
         # the audit trail and the logs are concerned.
-        scope["route"] = self._send_text_route()
+        scope["route"] = route.route
         scope["path_params"] = {"sessionId": session_key}
         self.served += 1
         try:
-            receipt = await send_service(request).send_text(
-                access.require_session(), chat_id=payload.chat_id, text=payload.text
-            )
+            result = await messages.send_text(request, Response(), payload, access)
         except Exception as exc:
             response = await error_response(request, exc)
             if response is None:
                 raise  # the 500 handler's business, as for the route
         else:
-            response = JSONResponse(
-                send_result(receipt).model_dump(mode="json", by_alias=True), status_code=201
-            )
+            body_out = result.model_dump(mode="json", by_alias=True)
+            response = JSONResponse(body_out, status_code=route.status_code)
         await response(scope, receive, send)
         return True
 
-    def _send_text_route(self) -> Any:
+    def _send_text_route(self) -> _SendTextRoute:
         if self._route is None:
-            for route in api_routes(self.host):
-                if route.path_format == _TEMPLATE and "POST" in (route.methods or ()):
-                    # What FastAPI's routing puts in the scope: the route as declared.
-                    self._route = route.original_route
-                    break
+            self._route = _find_send_text_route(self.host)
         return self._route
+
+
+@dataclass(frozen=True, slots=True)
+class _SendTextRoute:
+    route: Any
+    """What FastAPI's routing puts in the scope: the route as declared."""
+    role: Role
+    scope: AccessScope
+    status_code: int
+
+
+def _find_send_text_route(app: FastAPI) -> _SendTextRoute:
+    for context in api_routes(app):
+        route = context.original_route
+        if isinstance(route, APIRoute) and route.endpoint is messages.send_text:
+            rule = route_rule(context)
+            if rule is None or rule.role is None or rule.scope is None:
+                raise RuntimeError("the send-text route declares no access rule")
+            full_path = context.path_format or ""  # router prefixes included
+            if not _PATH.match(full_path):
+                raise RuntimeError(f"the fast path does not match route {full_path}")
+            return _SendTextRoute(route, rule.role, rule.scope, route.status_code or 200)
+    raise RuntimeError("the send-text route is not installed")
 
 
 def _plain_json(scope: Scope) -> bool:
