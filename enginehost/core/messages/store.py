@@ -334,20 +334,14 @@ class _Statements:
             .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
             .returning(m.c.session_id, m.c.message_id, m.c.from_me)
         )
-        self.insert_keyed = direct(
-            _insert(backend, m)
-            .on_conflict_do_nothing(index_elements=["session_id", "idempotency_key"])
-            .returning(m.c.id),
-            [m.c.id],
-            names,
-        )
-        self.insert_engine = direct(
-            _insert(backend, m)
-            .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
-            .returning(m.c.id),
-            [m.c.id],
-            names,
-        )
+
+        def insert_unless_taken(*unique: str) -> DirectStatement:
+            # No row back: the unique index ``unique`` already has the new row's values.
+            statement = _insert(backend, m).on_conflict_do_nothing(index_elements=list(unique))
+            return direct(statement.returning(m.c.id), [m.c.id], names)
+
+        self.insert_keyed = insert_unless_taken("session_id", "idempotency_key")
+        self.insert_engine = insert_unless_taken("session_id", "message_id")
 
         def update(*keys: str) -> DirectStatement:
             # SET takes the parameters named by ``keys``; record_id names the row
@@ -369,6 +363,7 @@ class _Statements:
         # status moves to sent (a failed row stays failed). No row back: the full path.
         echo = m.alias("echo")
         now = bindparam("now", type_=m.c.updated_at.type)
+        later = case((m.c.created_at > now, m.c.created_at), else_=now)  # see _later()
         self.mark_sent_plain = direct(
             sa.update(m)
             .where(
@@ -386,7 +381,7 @@ class _Statements:
                     else_=m.c.status,
                 ),
                 timestamp=bindparam("new_timestamp", type_=m.c.timestamp.type),
-                updated_at=case((m.c.created_at > now, m.c.created_at), else_=now),
+                updated_at=later,
             )
             .returning(*m.c),
             every,
@@ -442,8 +437,6 @@ class _Statements:
         # One statement per ack in the common case: the row moves only from a status
         # the ack advances (see advance()); no row back means "not advanced" or "no
         # such row yet", told apart by a read only then.
-        now = bindparam("now", type_=m.c.updated_at.type)
-        later = case((m.c.created_at > now, m.c.created_at), else_=now)  # see _later()
         self.ack = {
             status: direct(
                 sa.update(m)
@@ -530,6 +523,19 @@ def _take_early_ack(
     return None if row is None else str(row["status"])
 
 
+def _with_early_ack(
+    connection: Connection, writer: _Writer, row: Mapping[str, Any]
+) -> MessageRecord:
+    """The record of ``row``, a row that has just got its engine id, moved forward by the
+    early ack kept for that id, if any (and the early ack removed)."""
+    early = _take_early_ack(connection, writer, row["session_id"], row["message_id"])
+    status = row["status"] if early is None else advance(row["status"], early)
+    if status == row["status"]:
+        return _record(row)
+    changes = {"record_id": row["id"], "status": status}
+    return _record(_one(writer.sql.set_status.first(connection, changes)))
+
+
 def _advance_row(
     connection: Connection, statements: _Statements, session_id: str, message_id: str, status: str
 ) -> dict[str, Any] | None:
@@ -578,7 +584,6 @@ class MessageStore:
 
     def __init__(self, database: Database, *, max_batch: int = 256) -> None:
         self._database = database
-        self._backend = database.backend
         # Stores of one database share its write queue (see the module docs).
         self._writer = _writer_for(database, max_batch)
         self._sql = self._writer.sql
@@ -678,12 +683,7 @@ class MessageStore:
         def work(connection: Connection) -> MessageRecord:
             done = sql.mark_sent_plain.first(connection, plain)
             if done is not None:
-                early = _take_early_ack(connection, writer, done["session_id"], message_id)
-                status = done["status"] if early is None else advance(done["status"], early)
-                if status == done["status"]:
-                    return _record(done)
-                changes = {"record_id": record_id, "status": status}
-                return _record(_one(sql.set_status.first(connection, changes)))
+                return _with_early_ack(connection, writer, done)
             row = sql.pending_for_sent.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
@@ -744,9 +744,8 @@ class MessageStore:
             }
             return _record(_one(sql.mark_failed.first(connection, changes)))
 
-        record = await self._writes.submit(work)
-        self._note(record)
-        return record
+        # Nothing to remember for acks: a row it fails was pending, without an engine id.
+        return await self._writes.submit(work)
 
     async def fail_stale_pending(self, reason: str = STALE_PENDING_REASON) -> int:
         """At boot: every pending send (of any session) fails with ``reason``; the count."""
@@ -790,14 +789,9 @@ class MessageStore:
             # id is stored already (a re-fired event, or a send's own echo).
             if sql.insert_engine.first(connection, values) is None:
                 return _record(_one(sql.by_message_id.first(connection, key))), False
-            record = _record(values)
             if values["from_me"]:
-                early = _take_early_ack(connection, writer, session_id, values["message_id"])
-                status = values["status"] if early is None else advance(values["status"], early)
-                if status != values["status"]:
-                    changes = {"record_id": values["id"], "status": status}
-                    record = _record(_one(sql.set_status.first(connection, changes)))
-            return record, True
+                return _with_early_ack(connection, writer, values), True
+            return _record(values), True
 
         record, created = await self._writes.submit(work)
         self._note(record)
