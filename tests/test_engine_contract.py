@@ -179,3 +179,11 @@ def test_backoff_is_capped_full_jitter() -> None:
     assert backoff.delay(3, uniform=lambda low, high: low) == 0
     with pytest.raises(ValueError, match="base <= cap"):
         Backoff(base=5, cap=1)
+
+
+def test_reconnect_attempts_count_from_one_on_the_shared_backoff() -> None:
+    from enginehost.core.sessions.reconnect import ReconnectPolicy
+
+    policy = ReconnectPolicy(base=2.0, cap=30.0)
+    assert [policy.ceiling(attempt) for attempt in (1, 2, 3, 4, 5, 1_000)] == [2, 4, 8, 16, 30, 30]
+    assert 0 <= policy.delay(3) <= 8

@@ -849,10 +849,7 @@ class SendService:
         live = self._manager.live(session.id)
         if live is None:
             return 1
-        policy = live.policy
-        exponent = min(max(session.reconnect_attempt - 1, 0), 32)
-        bound = min(max(policy.cap, policy.base), policy.base * 2.0**exponent)
-        return max(1, math.ceil(bound))
+        return max(1, math.ceil(live.policy.ceiling(session.reconnect_attempt)))
 
     def _require(self, engine: Engine, capability: Capability) -> None:
         record = self._plugins.engines.get(engine.engine_name)

@@ -43,7 +43,14 @@ class ReconnectPolicy:
 
     def delay(self, attempt: int) -> float:
         """The jittered wait before reconnect attempt ``attempt`` (1-based)."""
-        return Backoff(self.base, max(self.cap, self.base)).delay(attempt - 1)
+        return self._backoff().delay(attempt - 1)
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait :meth:`delay` can draw before attempt ``attempt``."""
+        return self._backoff().ceiling(attempt - 1)
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.base, max(self.cap, self.base))
 
     def for_session(self, config: Mapping[str, Any]) -> ReconnectPolicy:
         """This policy with a session's ``reconnect`` overrides applied (validated)."""
