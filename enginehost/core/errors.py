@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["FieldError", "ServiceError"]
+__all__ = ["FieldError", "ServiceError", "error_summary", "shortened"]
 
 
 class ServiceError(Exception):
@@ -52,3 +52,15 @@ class FieldError(ServiceError):
     @property
     def extra(self) -> dict[str, Any]:
         return {"errors": [{"path": self.field, "message": self.problem}]}
+
+
+def shortened(text: str, limit: int = 500) -> str:
+    """``text`` on one line (runs of whitespace made one space), cut to ``limit``
+    characters with "..." (for logs and error messages that quote someone else)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_summary(exc: BaseException, limit: int = 500) -> str:
+    """What ``exc`` says, :func:`shortened`; its type's name when it says nothing."""
+    return shortened(str(exc), limit) or type(exc).__name__

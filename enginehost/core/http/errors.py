@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from enginehost.core.db.errors import DatabaseBusyError, DatabaseUnavailableError
-from enginehost.core.errors import ServiceError
+from enginehost.core.errors import ServiceError, error_summary
 from enginehost.core.logging import get_logger
 
 __all__ = [
@@ -150,7 +150,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         reason = (
             "nested too deeply"
             if isinstance(exc.__cause__, RecursionError)
-            else _short(exc.__cause__)
+            else error_summary(exc.__cause__, 200)
         )
         message = f"malformed JSON body: {reason}"
         code = "malformed_json"
@@ -166,11 +166,6 @@ def _phrase(status_code: int) -> str:
         return HTTPStatus(status_code).phrase
     except ValueError:
         return "Error"
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _malformed_json(exc: RequestValidationError, error: dict[str, Any]) -> JSONResponse:
@@ -220,7 +215,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     # A driver error's own message, not SQLAlchemy's (which adds the statement and its
     # parameters).
     cause = exc.orig if isinstance(exc, OperationalError) and exc.orig is not None else exc
-    fields = {"method": request.method, "path": request.url.path, "error": _short(cause, 1000)}
+    fields = {
+        "method": request.method,
+        "path": request.url.path,
+        "error": error_summary(cause, 1000),
+    }
     extra = {"correlationId": correlation} if correlation else {}
     if isinstance(exc, DatabaseBusyError | PoolTimeoutError):
         log.warning("http.database_busy", **fields)

@@ -62,7 +62,7 @@ from enginehost.core.engine import (
     SendResult,
     UnsupportedOperationError,
 )
-from enginehost.core.errors import FieldError, ServiceError
+from enginehost.core.errors import FieldError, ServiceError, error_summary, shortened
 from enginehost.core.logging import get_logger
 from enginehost.core.messages.models import (
     CHAT_ID_MAX,
@@ -435,15 +435,6 @@ def _guess_mimetype(name: str | None) -> str | None:
         return None
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed
-
-
-def _short(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _reason(exc: BaseException) -> str:
-    return _short(str(exc)) or type(exc).__name__
 
 
 # ------------------------------------------------------------------------------ results
@@ -875,9 +866,12 @@ class SendService:
         )
         if reason is not None:
             log.info(
-                "send.vetoed", session_id=session.id, kind=capability.value, reason=_short(reason)
+                "send.vetoed",
+                session_id=session.id,
+                kind=capability.value,
+                reason=shortened(reason),
             )
-            raise SendVetoedError(_short(reason, 1000))
+            raise SendVetoedError(shortened(reason, 1000))
 
     async def _deliver(
         self,
@@ -923,7 +917,7 @@ class SendService:
                 session_id=session.id,
                 kind=capability.value,
                 id=record_id,
-                reason=_short(reason),
+                reason=shortened(reason),
             )
             raise failure
         assert isinstance(result, SendResult)
@@ -958,10 +952,10 @@ class SendService:
             except UnsupportedOperationError as exc:
                 return None, NotSupportedError(exc.capability, exc.engine)
             except (EngineNotRunningError, EngineClosedError) as exc:
-                detail = f"the engine says: {_reason(exc)}"
+                detail = f"the engine says: {error_summary(exc)}"
                 return None, SessionNotReadyError(session.name, session.status, detail)
             except Exception as exc:
-                return None, EngineSendError(_reason(exc), record_id)
+                return None, EngineSendError(error_summary(exc), record_id)
         timeout = f"the engine did not answer within {self.send_timeout:g} s"
         return None, EngineSendError(timeout, record_id)
 
@@ -978,7 +972,7 @@ class SendService:
                 "send.action_failed",
                 session_id=session.id,
                 kind=capability.value,
-                reason=_short(failure.message),
+                reason=shortened(failure.message),
             )
             raise failure
 
