@@ -770,10 +770,13 @@ class SendService:
         chat_id = check_chat_id("chatId", chat_id)
         target = _message_id("messageId", message_id)
         emoji = _text("emoji", emoji, EMOJI_MAX, allow_blank=True).strip()
-        engine = self._ready_engine(session)
-        self._require(engine, Capability.REACT)
-        await self._check_veto(session, Capability.REACT, chat_id, emoji or None, None)
-        await self._act(session, Capability.REACT, lambda: engine.react(chat_id, target, emoji))
+        await self._act(
+            session,
+            Capability.REACT,
+            chat_id,
+            emoji or None,
+            lambda engine: engine.react(chat_id, target, emoji),
+        )
 
     async def delete(self, session: SessionRecord, *, chat_id: str, message_id: str) -> None:
         """Delete (revoke for everyone) a message this account sent.
@@ -783,10 +786,13 @@ class SendService:
         """
         chat_id = check_chat_id("chatId", chat_id)
         target = _message_id("messageId", message_id)
-        engine = self._ready_engine(session)
-        self._require(engine, Capability.DELETE)
-        await self._check_veto(session, Capability.DELETE, chat_id, None, None)
-        await self._act(session, Capability.DELETE, lambda: engine.delete_message(chat_id, target))
+        await self._act(
+            session,
+            Capability.DELETE,
+            chat_id,
+            None,
+            lambda engine: engine.delete_message(chat_id, target),
+        )
 
     # ----------------------------------------------------------------- the one path
 
@@ -963,10 +969,16 @@ class SendService:
         self,
         session: SessionRecord,
         capability: Capability,
-        action: Callable[[], Awaitable[None]],
+        chat_id: str,
+        text: str | None,
+        action: Callable[[Engine], Awaitable[None]],
     ) -> None:
-        """Call the engine for an action that writes no row (react, delete)."""
-        _, failure = await self._ask_engine(session, action, None)
+        """Carry out an action that writes no row (react, delete): the same checks as a
+        send (a ready engine with the capability, the veto hook), then the engine call."""
+        engine = self._ready_engine(session)
+        self._require(engine, capability)
+        await self._check_veto(session, capability, chat_id, text, None)
+        _, failure = await self._ask_engine(session, lambda: action(engine), None)
         if failure is not None:
             log.warning(
                 "send.action_failed",
