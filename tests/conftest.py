@@ -69,6 +69,22 @@ def _isolated_postgres_url(schema: str) -> str:
     )
 
 
+def _require_postgres() -> None:
+    """Skip the test without a test PostgreSQL server; in CI (``CI=true``) fail it:
+    a missing PostgreSQL is never a silent skip there."""
+    if not POSTGRES_URL:
+        if os.environ.get("CI") == "true":
+            pytest.fail(NO_POSTGRES)
+        pytest.skip(NO_POSTGRES)
+
+
+@pytest.fixture
+def postgres_server_url() -> str:
+    """The URL of the test PostgreSQL server itself (see :func:`_require_postgres`)."""
+    _require_postgres()
+    return POSTGRES_URL
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL for an empty database on each backend; PostgreSQL gets a fresh schema per test.
@@ -78,10 +94,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.sqlite'}"
         return
-    if not POSTGRES_URL:
-        if os.environ.get("CI") == "true":
-            pytest.fail(NO_POSTGRES)
-        pytest.skip(NO_POSTGRES)
+    _require_postgres()
     import uuid
 
     import sqlalchemy

@@ -39,7 +39,7 @@ from enginehost.core.db.types import (
 )
 from enginehost.core.db.urls import resolve_targets
 from enginehost.core.settings import load_settings
-from tests.conftest import POSTGRES_URL, open_database
+from tests.conftest import open_database
 
 # ----------------------------------------------------------------------------- URLs
 
@@ -270,9 +270,8 @@ def test_unreachable_server_names_the_setting_and_hides_the_password(tmp_path: P
     assert "hunter2" not in message
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="needs ENGINEHOST_TEST_POSTGRES_URL")
-def test_wrong_credentials_name_the_setting(tmp_path: Path) -> None:
-    url = sa.engine.make_url(POSTGRES_URL).set(password="definitely-wrong")
+def test_wrong_credentials_name_the_setting(tmp_path: Path, postgres_server_url: str) -> None:
+    url = sa.engine.make_url(postgres_server_url).set(password="definitely-wrong")
     settings = load_settings(main_database_url=url.render_as_string(hide_password=False))
     with pytest.raises(DatabaseUnavailableError) as caught:
         open_databases(settings, tmp_path, (DatabaseRole.MAIN,))
