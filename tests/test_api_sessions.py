@@ -144,8 +144,10 @@ async def test_create_validates_reconnect_overrides(tmp_path: Path) -> None:
         assert session["config"] == good
 
 
-async def test_create_stores_a_proxy_and_masks_its_password(tmp_path: Path) -> None:
-    async with sessions_api(tmp_path) as api:
+async def test_create_stores_a_proxy_and_masks_its_password(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         client = api.client(api.admin_secret)
         session = await create(client, "alpha", proxyUrl="socks5://bot:hunter2@proxy.lan:1080")
         assert session["config"]["proxy"]["type"] == "socks5"
@@ -178,9 +180,11 @@ async def test_create_stores_a_proxy_and_masks_its_password(tmp_path: Path) -> N
             assert body["errors"][0]["path"] == path, (fields, body)
 
 
-async def test_a_config_read_back_with_masks_keeps_its_secrets(tmp_path: Path) -> None:
+async def test_a_config_read_back_with_masks_keeps_its_secrets(
+    tmp_path: Path, database_url: str
+) -> None:
     """PUT or PATCH of what a GET showed changes only what the client changed."""
-    async with sessions_api(tmp_path) as api:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         client = api.client(api.admin_secret)
         secret_config = {"engine_token": "s3cret", "flavour": "plain", "nested": {"password": "pw"}}
         await create(client, "alpha", proxyUrl="http://bot:hunter2@proxy.lan:3128")
@@ -233,8 +237,8 @@ async def test_create_with_start_starts_at_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ reads
 
 
-async def test_list_and_get_by_id_or_name(tmp_path: Path) -> None:
-    async with sessions_api(tmp_path) as api:
+async def test_list_and_get_by_id_or_name(tmp_path: Path, database_url: str) -> None:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         operator = api.client(await api.key("operator"))
         viewer = api.client(await api.key("viewer"))
         alpha = await create(operator, "alpha")
@@ -280,8 +284,8 @@ async def test_a_scoped_key_sees_only_its_sessions(tmp_path: Path) -> None:
         assert_error(created, 403, "forbidden_scope")
 
 
-async def test_stats_count_statuses_and_active_sessions(tmp_path: Path) -> None:
-    async with sessions_api(tmp_path) as api:
+async def test_stats_count_statuses_and_active_sessions(tmp_path: Path, database_url: str) -> None:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         client = api.client(api.admin_secret)
         empty = (await client.get("/api/sessions/stats/overview")).json()
         assert empty == {
@@ -371,8 +375,8 @@ async def test_start_show_qr_scan_ready(tmp_path: Path) -> None:
         assert_error(await viewer.get("/api/sessions/alpha/qr.png"), 409, "qr_not_available")
 
 
-async def test_lifecycle_actions_are_idempotent(tmp_path: Path) -> None:
-    async with sessions_api(tmp_path) as api:
+async def test_lifecycle_actions_are_idempotent(tmp_path: Path, database_url: str) -> None:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         client = api.client(await api.key("operator"))
         session = await create(client, "alpha")
         session_id = session["id"]
@@ -458,8 +462,8 @@ async def test_delete_is_idempotent_and_stops_the_session(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------ config
 
 
-async def test_put_replaces_and_patch_merges_the_config(tmp_path: Path) -> None:
-    async with sessions_api(tmp_path) as api:
+async def test_put_replaces_and_patch_merges_the_config(tmp_path: Path, database_url: str) -> None:
+    async with sessions_api(tmp_path, database_url=database_url) as api:
         client = api.client(await api.key("operator"))
         original = {"reconnect": {"capSeconds": 30}, "a": 1, "b": {"x": 1}}
         session = await create(client, "alpha", config=original)

@@ -320,9 +320,9 @@ async def test_a_write_overlapping_a_later_one_drops_the_row_it_cannot_vouch_for
 
 
 async def test_session_routes_resolve_from_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
-    async with api_harness(tmp_path, default_engine="sandbox") as api:
+    async with api_harness(tmp_path, database_url=database_url, default_engine="sandbox") as api:
         client = api.client(await api.key("operator"))
         created = (await client.post("/api/sessions", json={"name": "alpha"})).json()
         calls = count_runs(monkeypatch, api.databases.data)
