@@ -16,9 +16,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import anyio
+from sandbox_engines import SandboxEngines
 from scratch_schema import maybe_scratch_schema
 
 from enginehost import EngineMessage
@@ -29,14 +29,6 @@ from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import load_settings
 from enginehost.plugins.sandbox import SandboxPlugin
-
-
-class _Engines:
-    def __init__(self, sandbox: SandboxPlugin) -> None:
-        self.sandbox = sandbox
-
-    def create_engine(self, engine_name: str, session: Any) -> Any:
-        return self.sandbox.create_engine(session)
 
 
 async def _ready_session(store: SessionStore, manager: SessionManager) -> str:
@@ -61,7 +53,8 @@ async def _measure(
         )
         store = SessionStore(databases.data)
         message_store = MessageStore(databases.data)
-        manager = SessionManager(store, _Engines(sandbox), EventBus(), settings, message_store)
+        engines = SandboxEngines(sandbox)
+        manager = SessionManager(store, engines, EventBus(), settings, message_store)
         async with manager.running():
             session_id = await _ready_session(store, manager)
             engine = sandbox.engine_for(session_id)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from sandbox_engines import SandboxEngines
 from scratch_schema import maybe_scratch_schema
 
 from enginehost.core.db import Database, open_databases, prepare_schemas
@@ -53,14 +54,6 @@ _CHILD_TIMEOUT = 300.0
 """Seconds one N may take, all phases included (the child is killed past it)."""
 _PHASE_TIMEOUT = 120.0
 """Seconds one phase (linking N sessions, or one restore) may take."""
-
-
-class _Engines:
-    def __init__(self, sandbox: SandboxPlugin) -> None:
-        self.sandbox = sandbox
-
-    def create_engine(self, engine_name: str, session: Any) -> Any:
-        return self.sandbox.create_engine(session)
 
 
 def _rss_kb() -> int:
@@ -115,7 +108,7 @@ async def _child(
         boot = settings.model_copy(
             update={"session_restore_concurrency": concurrency, "session_restore_stagger": 0}
         )
-        return SessionManager(store, _Engines(_sandbox(data_dir)), EventBus(), boot, messages)
+        return SessionManager(store, SandboxEngines(_sandbox(data_dir)), EventBus(), boot, messages)
 
     async def restore(manager: SessionManager) -> float:
         if await _ready_count(databases.data):

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from scratch_schema import scratch_schema
 from sqlalchemy import (
     Boolean,
     Column,
@@ -60,15 +61,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     func,
     insert,
     select,
-    text,
 )
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from enginehost.core.db.base import NAMING_CONVENTION
@@ -377,36 +374,9 @@ def _run_backend(url: str, data_dir: Path, rows: int, seconds: float) -> dict[st
         database.dispose()
 
 
-def _postgres_target(raw: str) -> URL:
-    """The URL as the host would open it (psycopg 3 driver)."""
-    settings: Settings = load_settings(database_url=raw)
-    return resolve_targets(settings, Path("/nonexistent"))[DatabaseRole.DATA].url
-
-
-def _postgres_describe(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
 def _run_postgres(raw: str, rows: int, seconds: float) -> dict[str, Figure]:
-    base = _postgres_target(raw)
-    if base.get_backend_name() != "postgresql":
-        raise DatabaseError(f"not a PostgreSQL URL: {_postgres_describe(base)}")
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, poolclass=NullPool)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        options = " ".join(
-            filter(None, [str(base.query.get("options", "")), f"-csearch_path={schema}"])
-        )
-        url = base.update_query_dict({"options": options}).render_as_string(hide_password=False)
-        try:
-            return _run_backend(url, Path("/nonexistent"), rows, seconds)
-        finally:
-            with admin.begin() as connection:
-                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with scratch_schema(raw) as url:
+        return _run_backend(url, Path("/nonexistent"), rows, seconds)
 
 
 # ----------------------------------------------------------------------------- report
@@ -487,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.postgres_url:
         try:
             results["postgresql"] = _run_postgres(args.postgres_url, args.rows, args.seconds)
-        except (DatabaseError, DBAPIError) as exc:
+        except (DatabaseError, DBAPIError, ValueError) as exc:  # ValueError: not PostgreSQL
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             failure = f"postgresql failed: {reason}"
     else:
