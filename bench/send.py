@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +40,10 @@ from typing import Any
 import httpx
 from scratch_schema import maybe_scratch_schema
 
+# The tests' daemon runner (this file runs as ``python bench/send.py``).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.daemon import Daemon, cli_env
+
 SEND_TARGET = 1000.0
 RATIO_TARGET = 0.4
 _BOOT_TIMEOUT = 60.0
@@ -50,115 +53,33 @@ _READY_TIMEOUT = 30.0
 # ------------------------------------------------------------------------------ daemon
 
 
-def _listening_port(pid: int) -> int | None:
-    """The TCP port process ``pid`` listens on, from /proc (the log is at warning level,
-    so the daemon does not say which port ``--port 0`` picked)."""
-    inodes: set[str] = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    except OSError:
-        return None
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as lines:
-                next(lines)
-                for line in lines:
-                    fields = line.split()
-                    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                        return int(fields[1].rsplit(":", 1)[1], 16)
-        except OSError:
-            continue
-    return None
-
-
-class _Daemon:
-    """``enginehost serve --port 0`` in a child process, stopped by its own PID only."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "enginehost", "serve", "--port", "0"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.port: int | None = None
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr.append(line)
-
-    def _exited(self) -> RuntimeError:
-        return RuntimeError(
-            f"the daemon exited ({self.process.returncode}):\n" + "".join(self.stderr[-40:])
-        )
-
-    def wait_ready(self, timeout: float = _BOOT_TIMEOUT) -> str:
-        """Wait for the port and for ``/api/health/ready`` to answer 200; return the URL."""
-        deadline = time.monotonic() + timeout
-        while self.port is None:
-            if self.process.poll() is not None:
-                raise self._exited()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the daemon did not listen within {timeout:.0f} s")
-            self.port = _listening_port(self.process.pid)
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{self.port}"
-        while True:
-            if self.process.poll() is not None:
-                raise self._exited()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/health/ready", timeout=2).status_code == 200:
-                    return url
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the daemon was not ready within {timeout:.0f} s")
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM, then SIGKILL if it lingers; both by this child's PID."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
 def daemon_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEHOST_")}
-    env.update(
-        ENGINEHOST_DATA_DIR=str(data_dir),
-        ENGINEHOST_DEFAULT_ENGINE="sandbox",
-        ENGINEHOST_ENGINES__SANDBOX__AUTO_SCAN_SECONDS="0",
-        ENGINEHOST_ENGINES__SANDBOX__ACK_DELAY_SECONDS="0.05",
-        ENGINEHOST_LOG_LEVEL="warning",
-        ENGINEHOST_LOG_FORMAT="json",
-    )
+    extra = {
+        "ENGINEHOST_DEFAULT_ENGINE": "sandbox",
+        "ENGINEHOST_ENGINES__SANDBOX__AUTO_SCAN_SECONDS": "0",
+        "ENGINEHOST_ENGINES__SANDBOX__ACK_DELAY_SECONDS": "0.05",
+        # Info, for the boot lines the runner waits for; nothing logs per request there.
+        "ENGINEHOST_LOG_LEVEL": "info",
+    }
     if database_url is not None:
-        env["ENGINEHOST_DATABASE_URL"] = database_url
-    return env
+        extra["ENGINEHOST_DATABASE_URL"] = database_url
+    return cli_env(data_dir, **extra)
 
 
 @contextlib.contextmanager
-def running_daemon(data_dir: Path, database_url: str | None) -> Iterator[tuple[_Daemon, str, str]]:
+def running_daemon(data_dir: Path, database_url: str | None) -> Iterator[tuple[Daemon, str, str]]:
     """A ready daemon, its base URL and the admin key it wrote on first boot."""
-    daemon = _Daemon(daemon_env(data_dir, database_url))
+    daemon = Daemon(daemon_env(data_dir, database_url))
     try:
-        url = daemon.wait_ready()
+        daemon.start(timeout=_BOOT_TIMEOUT)
         key = (data_dir / "admin-api-key").read_text().strip()
-        yield daemon, url, key
+        yield daemon, daemon.url, key
     finally:
-        code = daemon.stop()
+        try:
+            code, _ = daemon.stop(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            code = None
         if code not in (0, None):
             print(f"  (daemon exit code {code})", file=sys.stderr)
 
@@ -433,11 +354,12 @@ def run_backend(name: str, url: str | None, options: _Options) -> bool:
                     options.seconds,
                 )
             )
-    # The log is at warning level: anything there but the first boot's key notice is news.
+    # Warnings and errors are news (the first boot's key notice aside).
     problems = [
-        line.strip()
-        for line in daemon.stderr
-        if line.strip() and "auth.initial_admin_key_created" not in line
+        json.dumps(line)
+        for line in daemon.lines
+        if line.get("level") in ("warning", "error", "critical")
+        and line.get("event") != "auth.initial_admin_key_created"
     ]
     trivial, send = figures["trivial"], figures["send"]
     ratio = send.rate / trivial.rate if trivial.rate else 0.0

@@ -84,9 +84,9 @@ class Daemon:
             if record.get("event") == event:
                 return record
 
-    def start(self) -> Daemon:
-        self.port = int(self.wait_for("http.listening")["port"])
-        self.wait_for("daemon.ready")
+    def start(self, timeout: float = 20) -> Daemon:
+        self.port = int(self.wait_for("http.listening", timeout)["port"])
+        self.wait_for("daemon.ready", timeout)
         return self
 
     @property
