@@ -89,8 +89,9 @@ API_PREFIX = "/api"
 # come first (sends and session reads: about 35 µs less per request than in reading
 # order). No path of one router can match a route of another, so the order changes
 # nothing else; the API document keeps the reading order below.
-_MATCHED_IN_ORDER = (messages, sessions, templates, health, keys, audit, settings, plugins)
 _DOCUMENTED_IN_ORDER = (health, plugins, keys, settings, audit, templates, sessions, messages)
+_BUSIEST = (messages, sessions, templates)
+_MATCHED_IN_ORDER = _BUSIEST + tuple(m for m in _DOCUMENTED_IN_ORDER if m not in _BUSIEST)
 
 
 def _documented_paths() -> list[str]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import AwareDatetime, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
 from enginehost.core.auth.roles import Role
 from enginehost.core.engine import MessageType
@@ -59,7 +59,6 @@ __all__ = [
     "SendTemplateRequest",
     "SendTextRequest",
     "router",
-    "send_result",
     "send_service",
 ]
 
@@ -201,8 +200,6 @@ class ActionResult(CamelModel):
 class MessageOut(CamelModel):
     """A stored message."""
 
-    model_config = ConfigDict(from_attributes=True)
-
     id: str = Field(description="The record's id (a UUID).")
     session_id: str
     chat_id: str
@@ -266,13 +263,9 @@ def _unix(moment: datetime) -> int:
 
 
 def _result(receipt: SendReceipt, response: Response) -> SendResult:
+    """The answer to a send (and its replay header, for an idempotent replay)."""
     if receipt.replayed:
         response.headers[_REPLAYED_HEADER] = "true"
-    return send_result(receipt)
-
-
-def send_result(receipt: SendReceipt) -> SendResult:
-    """The answer to a send (the fast path builds it too)."""
     return SendResult(
         message_id=receipt.message_id,
         timestamp=_unix(receipt.timestamp),
