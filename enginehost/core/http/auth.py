@@ -30,6 +30,8 @@ __all__ = [
     "Access",
     "Rule",
     "Scope",
+    "SessionOperator",
+    "SessionViewer",
     "api_routes",
     "authorize",
     "public",
@@ -146,6 +148,11 @@ def requires(role: Role, scope: Scope, *, missing_ok: bool = False) -> Any:
 
 
 _SESSION_ID_DOC = "The session's id, or (an enginehost extension) its name."
+
+SessionOperator = Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)]
+"""A route parameter: the caller may operate the ``{sessionId}`` session."""
+SessionViewer = Annotated[Access, requires(Role.VIEWER, Scope.SESSION)]
+"""A route parameter: the caller may read the ``{sessionId}`` session."""
 
 
 async def authorize(

@@ -22,9 +22,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime, Field
 
-from enginehost.core.auth.roles import Role
 from enginehost.core.engine import MessageType
-from enginehost.core.http.auth import Access, Scope, requires
+from enginehost.core.http.auth import Access, SessionOperator, SessionViewer
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.messages.models import CHAT_ID_MAX, IDEMPOTENCY_KEY_MAX, MESSAGE_ID_MAX
@@ -247,8 +246,6 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-Operator = Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)]
-
 
 def send_service(request: Request) -> SendService:
     """The host's send service."""
@@ -335,7 +332,7 @@ async def send_text(
     request: Request,
     response: Response,
     payload: SendTextRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Send `text` to `chatId`."""
@@ -388,7 +385,7 @@ async def send_image(
     request: Request,
     response: Response,
     payload: SendMediaRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     return await _send_media(request, response, payload, access, idempotency_key, MessageType.IMAGE)
@@ -406,7 +403,7 @@ async def send_video(
     request: Request,
     response: Response,
     payload: SendMediaRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     return await _send_media(request, response, payload, access, idempotency_key, MessageType.VIDEO)
@@ -424,7 +421,7 @@ async def send_audio(
     request: Request,
     response: Response,
     payload: SendMediaRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     return await _send_media(request, response, payload, access, idempotency_key, MessageType.AUDIO)
@@ -444,7 +441,7 @@ async def send_document(
     request: Request,
     response: Response,
     payload: SendMediaRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     return await _send_media(
@@ -464,7 +461,7 @@ async def send_sticker(
     request: Request,
     response: Response,
     payload: SendMediaRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     return await _send_media(
@@ -483,7 +480,7 @@ async def send_location(
     request: Request,
     response: Response,
     payload: SendLocationRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     receipt = await send_service(request).send_location(
@@ -507,7 +504,7 @@ async def send_contact(
     request: Request,
     response: Response,
     payload: SendContactRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     receipt = await send_service(request).send_contact(
@@ -538,7 +535,7 @@ async def send_template(
     request: Request,
     response: Response,
     payload: SendTemplateRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Render the session's template (by `templateId` or `templateName`, exactly one) with
@@ -565,7 +562,7 @@ async def reply(
     request: Request,
     response: Response,
     payload: ReplyRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Send `text` to `chatId`, quoting the message `quotedMessageId` (an engine id)."""
@@ -590,7 +587,7 @@ async def forward(
     request: Request,
     response: Response,
     payload: ForwardRequest,
-    access: Operator,
+    access: SessionOperator,
     idempotency_key: IdempotencyKey = None,
 ) -> SendResult:
     """Forward the message `messageId` of `fromChatId` to `toChatId`."""
@@ -610,7 +607,7 @@ async def forward(
     response_model=ActionResult,
     responses=_SEND_ERRORS,
 )
-async def react(request: Request, payload: ReactRequest, access: Operator) -> ActionResult:
+async def react(request: Request, payload: ReactRequest, access: SessionOperator) -> ActionResult:
     """Set this account's reaction to a message; an empty `emoji` removes it.
 
     No message is stored and `Idempotency-Key` is ignored: repeating it is harmless.
@@ -631,7 +628,7 @@ async def react(request: Request, payload: ReactRequest, access: Operator) -> Ac
     responses=_SEND_ERRORS,
 )
 async def delete_message(
-    request: Request, payload: DeleteRequest, access: Operator
+    request: Request, payload: DeleteRequest, access: SessionOperator
 ) -> ActionResult:
     """Delete (revoke) a message this account sent.
 
@@ -691,7 +688,7 @@ def _sender_filter(
 )
 async def list_messages(
     request: Request,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
     chat_id: Annotated[
         str | None, Query(alias="chatId", max_length=CHAT_ID_MAX, description=_CHAT_ID_DOC)
     ] = None,

@@ -42,7 +42,7 @@ from enginehost.core.engine import (
     UnsupportedOperationError,
 )
 from enginehost.core.errors import FieldError
-from enginehost.core.http.auth import Access, Scope, requires
+from enginehost.core.http.auth import Access, Scope, SessionOperator, SessionViewer, requires
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
@@ -417,7 +417,7 @@ async def session_stats(
     responses=_NOT_FOUND,
 )
 async def get_session(
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> SessionOut:
     return session_out(access.require_session())
 
@@ -437,7 +437,7 @@ async def _set_config(request: Request, session_id: str, config: dict[str, Any])
 async def replace_session_config(
     request: Request,
     payload: SessionConfigUpdate,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Replace the session's whole config with ``config`` (validated like create).
 
@@ -459,7 +459,7 @@ async def replace_session_config(
 async def update_session_config(
     request: Request,
     payload: SessionConfigUpdate,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Merge ``config`` into the session's config, key by top-level key: a key given
     replaces that key's whole value, ``null`` removes the key, other keys stay.
@@ -485,7 +485,7 @@ async def update_session_config(
 )
 async def start_session(
     request: Request,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Start the session; it is kept running (and restored at boot) until stopped.
 
@@ -504,7 +504,7 @@ async def start_session(
 )
 async def stop_session(
     request: Request,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Stop the session, keeping its link (the next start needs no QR); it stays
     stopped across host restarts. Idempotent."""
@@ -520,7 +520,7 @@ async def stop_session(
 )
 async def force_kill_session(
     request: Request,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Like stop, but the engine's tasks are cancelled at once instead of letting it
     disconnect cleanly (for a hung engine). The link is kept. Idempotent."""
@@ -536,7 +536,7 @@ async def force_kill_session(
 )
 async def restart_session(
     request: Request,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Stop the session (if it runs), then start it on a fresh engine with its current
     config. A stopped session is simply started."""
@@ -561,7 +561,7 @@ async def restart_session(
 )
 async def logout_session(
     request: Request,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> SessionOut:
     """Stop the session, unlink the device where the engine can and wipe its auth: the
     next start shows a new QR. The status becomes ``disconnected``. Idempotent."""
@@ -602,7 +602,7 @@ def _current_qr(request: Request, access: Access) -> tuple[str, str | None, str]
 async def get_qr(
     request: Request,
     response: Response,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> QrOut:
     """The QR the engine shows now, as a PNG data URL (``qrCode``) and raw (``qr``).
 
@@ -631,7 +631,7 @@ async def get_qr(
 )
 async def get_qr_png(
     request: Request,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> Response:
     """The current QR as a PNG image (for an ``<img>`` or a browser tab); 409 like
     ``GET .../qr``."""
@@ -657,7 +657,7 @@ async def get_qr_png(
 async def request_pairing_code(
     request: Request,
     payload: PairingCodeRequest,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> PairingCodeOut:
     """A code to link the account ``phoneNumber`` without scanning: on the phone,
     Linked devices → Link a device → Link with phone number instead.

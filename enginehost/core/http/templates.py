@@ -18,8 +18,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
-from enginehost.core.auth.roles import Role
-from enginehost.core.http.auth import Access, Scope, requires
+from enginehost.core.http.auth import Access, SessionOperator, SessionViewer
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.templates.errors import TemplateNotFoundError
@@ -155,7 +154,7 @@ _INVALID: Responses = {422: {"description": "A field is invalid; `errors` names 
 )
 async def list_templates(
     request: Request,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> list[TemplateOut]:
     """Every template of the session, oldest first."""
     templates = await _service(request).list(_session_id(access))
@@ -176,7 +175,7 @@ async def list_templates(
 async def create_template(
     request: Request,
     payload: TemplateCreate,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> TemplateOut:
     """A new template; its name must be unique within the session (409 otherwise)."""
     template = await _service(request).create(
@@ -198,7 +197,7 @@ async def create_template(
 async def get_template(
     request: Request,
     template_id: TemplateId,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> TemplateOut:
     _check_id(access, template_id)
     template = await _service(request).get(_session_id(access), template_id)
@@ -219,7 +218,7 @@ async def update_template(
     request: Request,
     template_id: TemplateId,
     payload: TemplateUpdate,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> TemplateOut:
     """A partial update: only the fields given change (``updatedAt`` always moves).
 
@@ -257,7 +256,7 @@ async def update_template(
 async def delete_template(
     request: Request,
     template_id: TemplateId,
-    access: Annotated[Access, requires(Role.OPERATOR, Scope.SESSION)],
+    access: SessionOperator,
 ) -> Response:
     _check_id(access, template_id)
     await _service(request).delete(_session_id(access), template_id)
@@ -280,7 +279,7 @@ async def render_template(
     request: Request,
     template_id: TemplateId,
     payload: RenderRequest,
-    access: Annotated[Access, requires(Role.VIEWER, Scope.SESSION)],
+    access: SessionViewer,
 ) -> RenderResult:
     """The text the template renders to with ``variables``, and its size in UTF-8 bytes.
 
