@@ -42,6 +42,8 @@ from enginehost.core.messages.send import (
     check_chat_id,
 )
 from enginehost.core.messages.store import HISTORY_LIMIT_MAX
+from enginehost.core.templates.models import ID_MAX as TEMPLATE_ID_MAX
+from enginehost.core.templates.models import NAME_MAX as TEMPLATE_NAME_MAX
 
 __all__ = [
     "ActionResult",
@@ -139,8 +141,8 @@ class SendTemplateRequest(RequestModel):
     """A stored template of the session, rendered and sent as text."""
 
     chat_id: str = _chat_field()
-    template_id: str | None = Field(None, min_length=1, max_length=36)
-    template_name: str | None = Field(None, min_length=1, max_length=100)
+    template_id: str | None = Field(None, min_length=1, max_length=TEMPLATE_ID_MAX)
+    template_name: str | None = Field(None, min_length=1, max_length=TEMPLATE_NAME_MAX)
     vars: dict[str, Any] = Field(
         default_factory=dict,
         description="Values by placeholder name: text, numbers or booleans.",

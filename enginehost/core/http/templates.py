@@ -22,7 +22,7 @@ from enginehost.core.http.auth import Access, SessionOperator, SessionViewer
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
 from enginehost.core.templates.errors import TemplateNotFoundError
-from enginehost.core.templates.models import BODY_MAX, HEADER_FOOTER_MAX, NAME_MAX, Template
+from enginehost.core.templates.models import BODY_MAX, HEADER_FOOTER_MAX, ID_MAX, NAME_MAX, Template
 from enginehost.core.templates.service import TemplateService
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
 
 router = APIRouter(tags=["templates"])
 
-_ID_MAX = 36
-"""Template ids are UUIDs; a longer path segment cannot name one."""
 
 _UPDATABLE = ("name", "body", "header", "footer")
 _NOT_NULL = ("name", "body")
@@ -128,8 +126,8 @@ def _session_id(access: Access) -> str:
 
 def _check_id(access: Access, template_id: str) -> None:
     """A template id that cannot exist is simply not found (no database query)."""
-    if len(template_id) > _ID_MAX:
-        shown = template_id[:_ID_MAX] + "..."
+    if len(template_id) > ID_MAX:
+        shown = template_id[:ID_MAX] + "..."
         raise TemplateNotFoundError(f"no template {shown!r} in session {_session_id(access)!r}")
 
 

@@ -19,11 +19,14 @@ from enginehost.core.engine import utc_now
 __all__ = [
     "BODY_MAX",
     "HEADER_FOOTER_MAX",
+    "ID_MAX",
     "NAME_MAX",
     "UNIQUE_NAME_INDEX",
     "Template",
 ]
 
+ID_MAX = 36
+"""Template ids are UUIDs."""
 NAME_MAX = 100
 BODY_MAX = 4096
 HEADER_FOOTER_MAX = 1024
@@ -38,7 +41,7 @@ class Template(DataModel, table=True):
     __tablename__ = "templates"
     __table_args__ = (Index(UNIQUE_NAME_INDEX, "session_id", "name", unique=True),)
 
-    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=ID_MAX)
     session_id: str = Field(max_length=64, index=True)
     name: str = Field(max_length=NAME_MAX)
     body: str = Field(sa_type=Text)
