@@ -47,6 +47,16 @@ _SQLITE_READERS = 4
 _read_only: ContextVar[bool] = ContextVar("enginehost_db_read_only", default=False)
 
 
+@contextmanager
+def _transaction_kind(readonly: bool) -> Iterator[None]:
+    """Mark the transactions begun in this block as read-only or not."""
+    token = _read_only.set(readonly)
+    try:
+        yield
+    finally:
+        _read_only.reset(token)
+
+
 class Database:
     """A database playing one role (``main`` or ``data``)."""
 
@@ -125,37 +135,40 @@ class Database:
         ``readonly`` work on SQLite starts a deferred transaction, which takes no write
         lock (any other transaction takes it at BEGIN, see ``_create_engine``).
         """
-        token = _read_only.set(readonly)
-        try:
-            with self.translate_errors(), self.session() as session, session.begin():
-                return work(session, *args)
-        finally:
-            _read_only.reset(token)
+        with (
+            _transaction_kind(readonly),
+            self.translate_errors(),
+            self.session() as session,
+            session.begin(),
+        ):
+            return work(session, *args)
 
     async def run(self, work: Callable[..., T], *args: Any, readonly: bool = False) -> T:
         """Run ``work(session, *args)`` in one transaction, in a worker thread."""
-        limiter = self._readers if readonly else self._writers
         return await anyio.to_thread.run_sync(
-            partial(self.run_sync, work, *args, readonly=readonly), limiter=limiter
+            partial(self.run_sync, work, *args, readonly=readonly), limiter=self._limiter(readonly)
         )
 
     def run_connection_sync(self, work: Callable[[Connection], T], *, readonly: bool = False) -> T:
         """Like :meth:`run_sync`, over a Core :class:`~sqlalchemy.engine.Connection`
         instead of an ORM session: for hot paths, where the session's bookkeeping per
         transaction costs more than their few statements."""
-        token = _read_only.set(readonly)
-        try:
-            with self.translate_errors(), self.engine.begin() as connection:
-                return work(connection)
-        finally:
-            _read_only.reset(token)
+        with (
+            _transaction_kind(readonly),
+            self.translate_errors(),
+            self.engine.begin() as connection,
+        ):
+            return work(connection)
 
     async def run_connection(self, work: Callable[[Connection], T], *, readonly: bool = False) -> T:
         """:meth:`run_connection_sync` in a worker thread (see :meth:`run`)."""
-        limiter = self._readers if readonly else self._writers
         return await anyio.to_thread.run_sync(
-            partial(self.run_connection_sync, work, readonly=readonly), limiter=limiter
+            partial(self.run_connection_sync, work, readonly=readonly),
+            limiter=self._limiter(readonly),
         )
+
+    def _limiter(self, readonly: bool) -> anyio.CapacityLimiter:
+        return self._readers if readonly else self._writers
 
     def dispose(self) -> None:
         """Close every pooled connection."""
