@@ -99,3 +99,11 @@ def test_terminal_text_is_exactly_the_symbol() -> None:
 def test_bad_arguments_are_value_errors(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_a_payload_polled_again_is_not_rendered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = PAYLOAD + ",polled"
+    first = qr.png_bytes(payload)
+    monkeypatch.setattr(qr, "_make", lambda _: pytest.fail("rendered again"))
+    assert qr.png_bytes(payload) is first
+    assert qr.png_data_url(payload).endswith(base64.b64encode(first).decode("ascii"))

@@ -11,6 +11,7 @@ standard quiet zone of four modules around it for images.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from collections.abc import Iterable
 
@@ -40,6 +41,14 @@ def png_bytes(payload: str, *, scale: int = DEFAULT_SCALE) -> bytes:
     """``payload`` as a black-on-white PNG image, ``scale`` pixels per module."""
     if scale < 1:
         raise ValueError(f"scale must be at least 1, got {scale}")
+    return _png(payload, scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _png(payload: str, scale: int) -> bytes:
+    # Remembered for the last 64 payloads: clients poll ``GET .../qr`` (the CLI once a
+    # second) while a payload stays the same until the engine rotates it, and rendering
+    # is pure Python.
     buffer = io.BytesIO()
     _make(payload).save(buffer, kind="png", scale=scale, border=_QUIET_ZONE)
     return buffer.getvalue()
