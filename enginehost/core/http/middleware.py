@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
@@ -241,11 +242,12 @@ async def _peek(receive: Receive) -> tuple[list[Message], bool]:
 
 
 def replaying(buffered: list[Message], receive: Receive) -> Receive:
-    """``receive`` that first gives back the ``buffered`` messages (consuming the list)."""
+    """``receive`` that first gives back the ``buffered`` messages, in order."""
+    pending = deque(buffered)
 
     async def replay() -> Message:
-        if buffered:
-            return buffered.pop(0)
+        if pending:
+            return pending.popleft()
         return await receive()
 
     return replay

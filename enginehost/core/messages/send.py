@@ -453,6 +453,13 @@ class SendReceipt:
     status: str
     replayed: bool = False
 
+    @classmethod
+    def of(cls, record: MessageRecord, *, replayed: bool = False) -> SendReceipt:
+        """The receipt of a sent row (one with the engine's message id)."""
+        if record.message_id is None:
+            raise ValueError(f"message {record.id!r} has no engine id yet")
+        return cls(record.id, record.message_id, record.timestamp, record.status, replayed)
+
 
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
@@ -892,13 +899,7 @@ class SendService:
         async with self._manager.sending(session) as in_progress:
             record = await self._ask_and_record(session, capability, engine, record_id, out, call)
             in_progress.record = record
-        assert record.message_id is not None
-        return SendReceipt(
-            id=record.id,
-            message_id=record.message_id,
-            timestamp=record.timestamp,
-            status=record.status,
-        )
+        return SendReceipt.of(record)
 
     async def _ask_and_record(
         self,
@@ -1153,10 +1154,4 @@ def _replay(record: MessageRecord, out: _Outgoing) -> SendReceipt:
         raise EngineSendError(record.failure_reason or "failed", record.id)
     if record.status == AckStatus.PENDING or record.message_id is None:
         raise SendInProgressError(record.id)
-    return SendReceipt(
-        id=record.id,
-        message_id=record.message_id,
-        timestamp=record.timestamp,
-        status=record.status,
-        replayed=True,
-    )
+    return SendReceipt.of(record, replayed=True)
