@@ -393,11 +393,18 @@ async def test_lifecycle_actions_are_idempotent(tmp_path: Path, database_url: st
         await first.scan()
         await wait_status(client, "alpha", "ready")
 
-        for _ in range(2):
-            response = await client.post("/api/sessions/alpha/stop")
-            assert response.status_code == 200
-            assert response.json()["status"] == "disconnected"
-            assert response.json()["desiredState"] == "stopped"
+        async def twice_stopped(action: str) -> list[dict[str, Any]]:
+            """POST ``action`` twice: both answers 200 with the session stopped."""
+            bodies = []
+            for _ in range(2):
+                response = await client.post(f"/api/sessions/alpha/{action}")
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                assert body["status"] == "disconnected" and body["desiredState"] == "stopped"
+                bodies.append(body)
+            return bodies
+
+        await twice_stopped("stop")
 
         # The link is kept: a start comes up ready without a QR.
         await client.post("/api/sessions/alpha/start")
@@ -410,22 +417,14 @@ async def test_lifecycle_actions_are_idempotent(tmp_path: Path, database_url: st
         await wait_status(client, "alpha", "ready")
         assert sandbox(api, session_id) is not before  # a fresh engine object
 
-        for _ in range(2):
-            killed = await client.post("/api/sessions/alpha/force-kill")
-            assert killed.status_code == 200
-            assert killed.json()["status"] == "disconnected"
-            assert killed.json()["desiredState"] == "stopped"
+        await twice_stopped("force-kill")
 
         # restart of a stopped session simply starts it.
         await client.post("/api/sessions/alpha/restart")
         await wait_status(client, "alpha", "ready")
 
-        for _ in range(2):
-            out = await client.post("/api/sessions/alpha/logout")
-            assert out.status_code == 200
-            body = out.json()
-            assert body["status"] == "disconnected" and body["desiredState"] == "stopped"
-            assert body["phone"] is None and body["pushName"] is None
+        for logged_out in await twice_stopped("logout"):
+            assert logged_out["phone"] is None and logged_out["pushName"] is None
 
         # Logged out: the next start needs a QR again.
         await client.post("/api/sessions/alpha/start")
