@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
+from enginehost.core.db.after_commit import AfterCommit, collecting, run_callbacks
 from enginehost.core.db.errors import DatabaseBusyError, DatabaseUnavailableError
 from enginehost.core.db.urls import DatabaseRole, DatabaseTarget
 from enginehost.core.logging import get_logger
@@ -144,10 +145,20 @@ class Database:
             return work(session, *args)
 
     async def run(self, work: Callable[..., T], *args: Any, readonly: bool = False) -> T:
-        """Run ``work(session, *args)`` in one transaction, in a worker thread."""
-        return await anyio.to_thread.run_sync(
-            partial(self.run_sync, work, *args, readonly=readonly), limiter=self._limiter(readonly)
+        """Run ``work(session, *args)`` in one transaction, in a worker thread; then the
+        callbacks it registered with :func:`~enginehost.core.db.after_commit.after_commit`."""
+        committed: list[AfterCommit] = []
+
+        def collected(session: Session, *args: Any) -> T:
+            with collecting(session, committed):
+                return work(session, *args)
+
+        result = await anyio.to_thread.run_sync(
+            partial(self.run_sync, collected, *args, readonly=readonly),
+            limiter=self._limiter(readonly),
         )
+        run_callbacks(committed)
+        return result
 
     def run_connection_sync(self, work: Callable[[Connection], T], *, readonly: bool = False) -> T:
         """Like :meth:`run_sync`, over a Core :class:`~sqlalchemy.engine.Connection`
@@ -161,11 +172,20 @@ class Database:
             return work(connection)
 
     async def run_connection(self, work: Callable[[Connection], T], *, readonly: bool = False) -> T:
-        """:meth:`run_connection_sync` in a worker thread (see :meth:`run`)."""
-        return await anyio.to_thread.run_sync(
-            partial(self.run_connection_sync, work, readonly=readonly),
+        """:meth:`run_connection_sync` in a worker thread, then the callbacks registered
+        with :func:`~enginehost.core.db.after_commit.after_commit` (see :meth:`run`)."""
+        committed: list[AfterCommit] = []
+
+        def collected(connection: Connection) -> T:
+            with collecting(connection, committed):
+                return work(connection)
+
+        result = await anyio.to_thread.run_sync(
+            partial(self.run_connection_sync, collected, readonly=readonly),
             limiter=self._limiter(readonly),
         )
+        run_callbacks(committed)
+        return result
 
     def _limiter(self, readonly: bool) -> anyio.CapacityLimiter:
         return self._readers if readonly else self._writers
