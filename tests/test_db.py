@@ -148,7 +148,15 @@ def test_data_models_use_data_helpers() -> None:
 def test_the_two_metadata_are_separate_and_named_by_convention() -> None:
     main, data = metadata_for(DatabaseRole.MAIN), metadata_for(DatabaseRole.DATA)
     assert set(main.tables) == {"api_keys", "audit_log"}
-    assert set(data.tables) == {"early_acks", "messages", "sessions", "templates"}
+    assert set(data.tables) == {
+        "early_acks",
+        "messages",
+        "sessions",
+        "templates",
+        "webhook_dead_letters",
+        "webhook_outbox",
+        "webhooks",
+    }
     assert main.naming_convention["uq"] == "uq_%(table_name)s_%(column_0_N_name)s"
     assert {c.name for c in main.tables["api_keys"].constraints} >= {
         "pk_api_keys",

@@ -30,6 +30,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from enginehost.core.net.guard import AddressPolicy
+
 __all__ = [
     "ENV_PREFIX",
     "MASK",
@@ -210,7 +212,71 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="Longest delay (s) between plugin enable retries."
     )
 
-    _split_load = field_validator("load_plugins", "disable_plugins", mode="before")(_split_names)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names and CIDR ranges (comma list) webhooks may reach although "
+        "they resolve to loopback, private, link-local or metadata addresses.",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds one webhook delivery attempt may take."
+    )
+    webhook_concurrency: int = Field(
+        32, ge=1, le=1000, description="Webhook deliveries in flight at once, in all."
+    )
+    webhook_concurrency_per_webhook: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Deliveries in flight at once to one webhook (a slow receiver "
+        "cannot take every slot).",
+    )
+    webhook_max_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Attempts per delivery before it becomes a dead letter (a webhook's "
+        "retryCount overrides it).",
+    )
+    webhook_retry_base: float = Field(
+        5.0, gt=0, le=3600, description="First delay (s) before retrying a failed delivery."
+    )
+    webhook_retry_cap: float = Field(
+        300.0, gt=0, le=86400, description="Longest delay (s) between delivery attempts."
+    )
+    webhook_max_payload_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="Largest webhook body; a larger event is trimmed with a marker, "
+        "never cut silently.",
+    )
+    webhook_response_max_bytes: int = Field(
+        4096,
+        ge=0,
+        le=1024 * 1024,
+        description="Bytes of a receiver's answer kept (for the error of a failed attempt).",
+    )
+    events_stream_buffer: int = Field(
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="Events buffered per live-stream client; a client that falls this "
+        "far behind is disconnected.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for GET /metrics (any admin API key works too).",
+    )
+
+    _split_load = field_validator(
+        "load_plugins", "disable_plugins", "webhook_allowed_hosts", mode="before"
+    )(_split_names)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_allow_list(cls, value: list[str]) -> list[str]:
+        AddressPolicy.from_allow_list(value)  # a ValueError names the bad entry
+        return value
 
     @field_validator("engines", mode="before")
     @classmethod

@@ -15,11 +15,20 @@ from enginehost.core.db.urls import DatabaseRole
 from enginehost.core.messages.models import EarlyAck, MessageRecord
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.templates.models import Template
+from enginehost.core.webhooks.models import DeadLetterRecord, OutboxRecord, WebhookRecord
 
 __all__ = ["DATA_MODELS", "MAIN_MODELS", "metadata_for"]
 
 MAIN_MODELS = (ApiKey, AuditEntry)
-DATA_MODELS = (EarlyAck, MessageRecord, SessionRecord, Template)
+DATA_MODELS = (
+    DeadLetterRecord,
+    EarlyAck,
+    MessageRecord,
+    OutboxRecord,
+    SessionRecord,
+    Template,
+    WebhookRecord,
+)
 
 
 def metadata_for(role: DatabaseRole) -> MetaData:

@@ -15,6 +15,7 @@ host connects to says nothing about where the request goes.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ __all__ = ["AddressPolicy", "RefusedAddressError", "guarded_transport", "parse_a
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
 
 
 class RefusedAddressError(httpcore.ConnectError):
@@ -45,6 +50,27 @@ class AddressPolicy:
     allow_private: bool = False
     hosts: frozenset[str] = field(default_factory=frozenset)
     networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_allow_list(cls, entries: Iterable[str]) -> AddressPolicy:
+        """A policy allowing, beyond public addresses, the host names and CIDR ranges
+        (or single addresses) of an operator's allow-list; ValueError names a bad entry."""
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for raw in entries:
+            entry = raw.strip()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            name = entry.lower().rstrip(".")
+            if "/" in name or not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"{entry!r} is neither a host name nor a CIDR range")
+            hosts.add(name)
+        return cls(hosts=frozenset(hosts), networks=tuple(networks))
 
     def refusal(self, host: str, address: IPAddress) -> str | None:
         """Why connecting to ``address`` (resolved from ``host``) is refused, or None."""

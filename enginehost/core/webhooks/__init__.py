@@ -1,0 +1,1 @@
+"""Webhooks: registrations, the durable outbox, and delivery with retries."""
