@@ -1,0 +1,618 @@
+"""Webhook delivery attempts against a real receiver on loopback: headers, signatures,
+status handling, the bounds on time and response size, the address guard, keep-alive;
+plus the retry policy, Retry-After parsing, and the verifier published in the docs."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from enginehost.core.net.guard import AddressPolicy
+from enginehost.core.webhooks.delivery import (
+    RESERVED_HEADERS,
+    Attempt,
+    AttemptOutcome,
+    WebhookClient,
+    default_user_agent,
+    is_reserved_header,
+)
+from enginehost.core.webhooks.retry import (
+    RETRY_AFTER_MAX,
+    RetryPolicy,
+    is_retryable_status,
+    parse_retry_after,
+)
+from enginehost.core.webhooks.signing import (
+    openwa_signature,
+    timestamped_signature,
+    verify_openwa,
+    verify_timestamped,
+)
+
+DOCS = Path(__file__).parent.parent / "docs" / "webhooks.md"
+LOOPBACK = AddressPolicy.from_allow_list(["127.0.0.0/8"])
+SECRET = "s3cret-for-tests"
+# Non-ASCII, odd spacing and a trailing newline: any re-serialisation would change it.
+BODY = b'{"event":"message.received",  "text":"caf\xc3\xa9 \\u00e9"}\n'
+
+# ----------------------------------------------------------------------------- receiver
+
+
+@dataclass
+class Reply:
+    """What the receiver answers: ``delay`` before the status line; ``trickle`` sends
+    the body a byte every ``trickle`` seconds; ``endless`` streams body without end."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    delay: float = 0.0
+    trickle: float = 0.0
+    endless: bool = False
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    connection: int
+
+    def header(self, name: str) -> str | None:
+        found = [value for key, value in self.headers if key.lower() == name.lower()]
+        assert len(found) <= 1, f"{name} sent {len(found)} times"
+        return found[0] if found else None
+
+    def header_dict(self) -> dict[str, str]:
+        return dict(self.headers)
+
+
+@dataclass
+class Receiver:
+    port: int
+    reply: Callable[[Request], Reply] = lambda request: Reply()
+    requests: list[Request] = field(default_factory=list)
+    connections: int = 0
+    body_bytes_sent: int = 0
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def serve(self, stream: SocketStream) -> None:
+        self.connections += 1
+        connection = self.connections
+        buffered = BufferedByteReceiveStream(stream)
+        async with stream:
+            try:
+                for _ in range(100):  # requests per connection, bounded
+                    head = await buffered.receive_until(b"\r\n\r\n", 65536)
+                    request_line, *lines = head.decode("latin-1").split("\r\n")
+                    method, path, _version = request_line.split(" ", 2)
+                    headers = [(name, value) for name, _, value in map(_split_header, lines)]
+                    length = int({k.lower(): v for k, v in headers}["content-length"])
+                    body = await buffered.receive_exactly(length) if length else b""
+                    request = Request(method, path, headers, body, connection)
+                    self.requests.append(request)
+                    await self._answer(stream, self.reply(request))
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                pass  # the client closed the connection
+            except OSError:
+                pass  # reset by the client while we were writing
+
+    async def _answer(self, stream: SocketStream, reply: Reply) -> None:
+        await anyio.sleep(reply.delay)
+        headers = {"Content-Length": str(len(reply.body)), **reply.headers}
+        if reply.endless:
+            headers["Content-Length"] = str(1 << 40)
+        head = f"HTTP/1.1 {reply.status} Whatever\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()
+        )
+        await stream.send(head.encode("latin-1") + b"\r\n")
+        if reply.endless:
+            chunk = b"x" * 65536
+            for _ in range(20_000):  # about 1.3 GB at most: far more than any cap
+                await stream.send(chunk)
+                self.body_bytes_sent += len(chunk)
+        elif reply.trickle:
+            for byte in reply.body:
+                await anyio.sleep(reply.trickle)
+                await stream.send(bytes([byte]))
+                self.body_bytes_sent += 1
+        else:
+            await stream.send(reply.body)
+            self.body_bytes_sent += len(reply.body)
+
+
+def _split_header(line: str) -> tuple[str, str, str]:
+    return line.partition(": ")
+
+
+@asynccontextmanager
+async def running_receiver() -> AsyncIterator[Receiver]:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    receiver = Receiver(port=listener.extra(SocketAttribute.local_port))
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, receiver.serve)
+        try:
+            yield receiver
+        finally:
+            group.cancel_scope.cancel()
+    await listener.aclose()
+
+
+def attempt(url: str, **changes: Any) -> Attempt:
+    values: dict[str, Any] = {
+        "url": url,
+        "body": BODY,
+        "event": "message.received",
+        "idempotency_key": "idem-1",
+        "delivery_id": "delivery-1",
+        "retry_count": 0,
+        "secret": SECRET,
+        "headers": {},
+        **changes,
+    }
+    return Attempt(**values)
+
+
+def client(**changes: Any) -> WebhookClient:
+    values: dict[str, Any] = {
+        "policy": LOOPBACK,
+        "timeout": 5.0,
+        "user_agent": "enginehost/test (+webhooks)",
+        **changes,
+    }
+    return WebhookClient(**values)
+
+
+async def deliver(reply: Reply | None = None, **changes: Any) -> tuple[AttemptOutcome, Receiver]:
+    """One attempt against a fresh receiver answering ``reply``."""
+    async with running_receiver() as receiver, client() as webhooks:
+        receiver.reply = lambda request: reply or Reply()
+        outcome = await webhooks.send(attempt(receiver.url(), **changes))
+    return outcome, receiver
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+@pytest.mark.anyio
+async def test_an_attempt_sends_the_headers_and_the_exact_body() -> None:
+    outcome, receiver = await deliver(retry_count=3)
+    assert (outcome.delivered, outcome.status, outcome.error) == (True, 200, None)
+    assert (outcome.retryable, outcome.response_excerpt) == (False, "ok")
+    [request] = receiver.requests
+    assert (request.method, request.path, request.body) == ("POST", "/hook", BODY)
+    assert request.header("Content-Type") == "application/json"
+    assert request.header("User-Agent") == "enginehost/test (+webhooks)"
+    assert request.header("X-OpenWA-Event") == "message.received"
+    assert request.header("X-OpenWA-Idempotency-Key") == "idem-1"
+    assert request.header("X-OpenWA-Delivery-Id") == "delivery-1"
+    assert request.header("X-OpenWA-Retry-Count") == "3"
+    assert request.header("Content-Length") == str(len(BODY))
+
+
+def test_the_default_user_agent_names_the_version() -> None:
+    from enginehost import __version__
+
+    assert default_user_agent() == f"enginehost/{__version__} (+webhooks)"
+
+
+@pytest.mark.anyio
+async def test_both_signatures_verify_and_a_changed_byte_breaks_them() -> None:
+    before = int(time.time())
+    _, receiver = await deliver()
+    [request] = receiver.requests
+    timestamp = request.header("X-Enginehost-Timestamp")
+    signature = request.header("X-Enginehost-Signature")
+    openwa = request.header("X-OpenWA-Signature")
+    assert timestamp is not None and before <= int(timestamp) <= time.time()
+    assert openwa == openwa_signature(SECRET, BODY)
+    assert signature == timestamped_signature(SECRET, int(timestamp), BODY)
+    assert verify_openwa(SECRET, request.body, openwa)
+    assert verify_timestamped(SECRET, request.body, timestamp, signature)
+
+    tampered = request.body.replace(b"caf", b"cag")
+    assert not verify_openwa(SECRET, tampered, openwa)
+    assert not verify_timestamped(SECRET, tampered, timestamp, signature)
+    assert not verify_openwa("another secret", request.body, openwa)
+    # The timestamp is part of what is signed: moving it breaks the signature.
+    assert not verify_timestamped(SECRET, request.body, str(int(timestamp) + 1), signature)
+
+
+def test_timestamps_outside_the_tolerance_and_malformed_headers_are_rejected() -> None:
+    signature = timestamped_signature(SECRET, 1_000_000, BODY)
+    assert verify_timestamped(SECRET, BODY, "1000000", signature, now=1_000_300)
+    assert verify_timestamped(SECRET, BODY, "1000000", signature, now=999_700)
+    assert not verify_timestamped(SECRET, BODY, "1000000", signature, now=1_000_301)  # stale
+    assert not verify_timestamped(SECRET, BODY, "1000000", signature, now=999_699)  # future
+    assert not verify_timestamped(SECRET, BODY, "1000000", signature, tolerance=10, now=1_000_011)
+    # Same seconds spelled differently sign different bytes.
+    assert not verify_timestamped(SECRET, BODY, "01000000", signature, now=1_000_000)
+    for bad_timestamp in (None, "", "-1000000", "1e6", "1000000.0", "\u0661" + "\u0660" * 6):
+        assert not verify_timestamped(SECRET, BODY, bad_timestamp, signature, now=1_000_000)
+    hex_part = signature.removeprefix("sha256=")
+    for bad_signature in (None, "", hex_part, "sha1=" + hex_part, signature[:-1], signature + "0"):
+        assert not verify_timestamped(SECRET, BODY, "1000000", bad_signature, now=1_000_000)
+        assert not verify_openwa(SECRET, BODY, bad_signature)
+    assert verify_openwa(SECRET, BODY, openwa_signature(SECRET, BODY).upper().replace("SHA", "sha"))
+    assert not verify_openwa(SECRET, BODY, "sha256=" + "é" * 64)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("secret", [None, ""])
+async def test_no_signature_headers_without_a_secret(secret: str | None) -> None:
+    _, receiver = await deliver(secret=secret)
+    [request] = receiver.requests
+    names = {name.lower() for name, _ in request.headers}
+    assert "x-openwa-event" in names
+    assert not names & {"x-openwa-signature", "x-enginehost-signature", "x-enginehost-timestamp"}
+
+
+@pytest.mark.anyio
+async def test_extra_headers_are_sent_but_cannot_override_reserved_ones() -> None:
+    extra = {
+        "X-Custom": "custom value",
+        "Authorization": "Bearer receiver-token",
+        "x-openwa-event": "forged.event",
+        "X-OPENWA-SIGNATURE": "sha256=" + "0" * 64,
+        "content-type": "text/plain",
+        "Host": "evil.example",
+        "Content-Length": "1",
+        "Transfer-Encoding": "chunked",
+        "X-Enginehost-Future": "x",
+    }
+    outcome, receiver = await deliver(headers=extra)
+    assert outcome.delivered
+    [request] = receiver.requests
+    assert request.header("X-Custom") == "custom value"
+    assert request.header("Authorization") == "Bearer receiver-token"
+    assert request.header("X-OpenWA-Event") == "message.received"
+    assert request.header("X-OpenWA-Signature") == openwa_signature(SECRET, BODY)
+    assert request.header("Content-Type") == "application/json"
+    assert request.header("Host") == f"127.0.0.1:{receiver.port}"
+    assert request.header("Content-Length") == str(len(BODY))
+    assert request.header("Transfer-Encoding") is None
+    assert request.header("X-Enginehost-Future") is None
+    assert request.body == BODY
+
+
+def test_reserved_header_names() -> None:
+    for name in ("X-OpenWA-Idempotency-Key", "host", "CONNECTION", "x-enginehost-anything"):
+        assert is_reserved_header(name)
+    assert not is_reserved_header("Authorization")
+    assert all(name == name.lower() for name in RESERVED_HEADERS)
+    assert {"x-openwa-retry-count", "transfer-encoding"} <= RESERVED_HEADERS
+
+
+@pytest.mark.anyio
+async def test_an_invalid_extra_header_fails_without_revealing_its_value() -> None:
+    outcome, receiver = await deliver(headers={"X-Token": "abc\r\nX-Injected: 1"})
+    assert receiver.requests == []
+    assert not outcome.delivered and not outcome.retryable
+    assert outcome.error is not None and "X-Token" in outcome.error
+    assert "abc" not in outcome.error
+
+
+# ----------------------------------------------------------------------------- statuses
+
+
+@pytest.mark.anyio
+async def test_a_redirect_is_not_followed_and_not_retried() -> None:
+    async with running_receiver() as receiver, client() as webhooks:
+        receiver.reply = lambda request: Reply(
+            302, {"Location": receiver.url("/elsewhere?token=t0ken")}, b""
+        )
+        outcome = await webhooks.send(attempt(receiver.url()))
+    assert [request.path for request in receiver.requests] == ["/hook"]
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, 302, False)
+    assert outcome.error is not None and "redirect" in outcome.error
+    assert "t0ken" not in outcome.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (410, False),
+        (413, False),
+        (422, False),
+        (408, True),
+        (425, True),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+    ],
+)
+async def test_which_failed_answers_are_retried(status: int, retryable: bool) -> None:
+    outcome, _ = await deliver(Reply(status, body=b"nope"))
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, status, retryable)
+    assert outcome.error == f"the receiver answered HTTP {status}"
+    assert outcome.response_excerpt == "nope"
+    assert outcome.retry_after is None
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_a_success_is_never_retryable(status: int) -> None:
+    assert not is_retryable_status(status)
+
+
+@pytest.mark.parametrize("status", [100, 301, 302, 307, 308, 400, 404, 499, 600])
+def test_other_statuses_are_not_retryable(status: int) -> None:
+    assert not is_retryable_status(status)
+
+
+@pytest.mark.anyio
+async def test_retry_after_of_a_429_is_honoured_by_the_policy() -> None:
+    outcome, _ = await deliver(Reply(429, {"Retry-After": "120"}))
+    assert (outcome.retryable, outcome.retry_after) == (True, 120.0)
+    policy = RetryPolicy(base=5, cap=300)
+    assert policy.delay(1, retry_after=outcome.retry_after, random=lambda: 0.999) == 120.0
+    # A shorter request does not shorten the computed backoff.
+    assert policy.delay(8, retry_after=10.0, random=lambda: 0.0) == 150.0
+
+
+@pytest.mark.anyio
+async def test_retry_after_of_a_503_may_be_a_date() -> None:
+    when = datetime.now(UTC) + timedelta(seconds=90)
+    outcome, _ = await deliver(Reply(503, {"Retry-After": format_datetime(when, usegmt=True)}))
+    assert outcome.retryable and outcome.retry_after is not None
+    assert 80 <= outcome.retry_after <= 90
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_ignored_on_other_statuses() -> None:
+    outcome, _ = await deliver(Reply(500, {"Retry-After": "120"}))
+    assert outcome.retryable and outcome.retry_after is None
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.anyio
+async def test_a_receiver_slower_than_the_timeout_is_cut_off() -> None:
+    async with running_receiver() as receiver, client(timeout=0.5) as webhooks:
+        receiver.reply = lambda request: Reply(delay=5.0)
+        started = time.monotonic()
+        outcome = await webhooks.send(attempt(receiver.url()))
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.2 and 0.45 <= outcome.duration < 1.2
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
+    assert outcome.error == "the receiver did not answer within 0.5 s"
+
+
+@pytest.mark.anyio
+async def test_the_deadline_covers_a_body_trickled_byte_by_byte() -> None:
+    """Each byte arrives well within a per-read timeout; only a whole-attempt deadline
+    ends this. The status came first, so it decides the outcome."""
+    async with running_receiver() as receiver, client(timeout=0.5) as webhooks:
+        receiver.reply = lambda request: Reply(500, body=b"y" * 100, trickle=0.05)
+        started = time.monotonic()
+        outcome = await webhooks.send(attempt(receiver.url()))
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.2
+    assert (outcome.status, outcome.retryable) == (500, True)
+    assert 0 < len(outcome.response_excerpt) < 100
+
+
+@pytest.mark.anyio
+async def test_a_huge_answer_is_read_only_up_to_the_cap() -> None:
+    async with running_receiver() as receiver, client(response_max_bytes=1000) as webhooks:
+        receiver.reply = lambda request: Reply(200, endless=True)
+        outcome = await webhooks.send(attempt(receiver.url()))
+        sent_when_answered = receiver.body_bytes_sent
+    # Had the client read on, the 5 s timeout would have ended the attempt instead.
+    assert outcome.delivered and outcome.duration < 3
+    assert outcome.response_excerpt == "x" * 1000
+    assert sent_when_answered < 200 * 1024 * 1024
+
+
+@pytest.mark.anyio
+async def test_an_excerpt_is_decoded_leniently_and_can_be_disabled() -> None:
+    outcome, _ = await deliver(Reply(500, body=b"bad \xff byte"))
+    assert outcome.response_excerpt == "bad \ufffd byte"
+    async with running_receiver() as receiver, client(response_max_bytes=0) as webhooks:
+        receiver.reply = lambda request: Reply(500, body=b"not kept")
+        outcome = await webhooks.send(attempt(receiver.url()))
+    assert (outcome.status, outcome.response_excerpt) == (500, "")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_connection_refused_is_a_retryable_error() -> None:
+    async with client() as webhooks:
+        outcome = await webhooks.send(attempt(f"http://127.0.0.1:{_closed_port()}/hook"))
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
+    assert outcome.error is not None and outcome.error.startswith("cannot connect")
+    assert SECRET not in outcome.error
+
+
+@pytest.mark.anyio
+async def test_the_guard_refuses_loopback_unless_allowed() -> None:
+    async with running_receiver() as receiver, client(policy=AddressPolicy()) as webhooks:
+        outcome = await webhooks.send(
+            attempt(receiver.url("/hook?token=t0ken"), headers={"X-Key": "header-value"})
+        )
+    assert receiver.connections == 0  # refused before connecting
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, False)
+    assert outcome.error is not None
+    assert "address policy" in outcome.error and "127.0.0.1" in outcome.error
+    assert "loopback" in outcome.error
+    for secret in (SECRET, "t0ken", "header-value"):
+        assert secret not in outcome.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "http://[::1/hook", "not a url"])
+async def test_a_url_that_cannot_be_requested_is_not_retried(url: str) -> None:
+    async with client() as webhooks:
+        outcome = await webhooks.send(attempt(url))
+    assert (outcome.delivered, outcome.retryable) == (False, False)
+    assert outcome.error is not None and "URL" in outcome.error
+
+
+@pytest.mark.anyio
+async def test_sequential_attempts_reuse_one_connection() -> None:
+    async with running_receiver() as receiver, client() as webhooks:
+        outcomes = [
+            await webhooks.send(attempt(receiver.url(), delivery_id=f"d{index}"))
+            for index in range(5)
+        ]
+    assert all(outcome.delivered for outcome in outcomes)
+    assert [request.header("X-OpenWA-Delivery-Id") for request in receiver.requests] == [
+        f"d{index}" for index in range(5)
+    ]
+    assert receiver.connections == 1
+    assert {request.connection for request in receiver.requests} == {1}
+
+
+def test_client_arguments_are_checked() -> None:
+    for bad in ({"timeout": 0}, {"max_connections": 0}, {"response_max_bytes": -1}):
+        with pytest.raises(ValueError, match=r"must|cannot"):
+            client(**bad)
+
+
+def test_an_attempt_repr_hides_the_secret_headers_and_body() -> None:
+    text = repr(attempt("http://h/", headers={"X-Key": "header-value"}))
+    assert "delivery-1" in text
+    for hidden in (SECRET, "header-value", "caf"):
+        assert hidden not in text
+
+
+# ----------------------------------------------------------------------------- retry policy
+
+
+def test_delays_grow_exponentially_up_to_the_cap() -> None:
+    policy = RetryPolicy(max_attempts=10, base=5.0, cap=300.0)
+    nominal = [policy.nominal(attempt) for attempt in range(1, 11)]
+    assert nominal == [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]
+    assert policy.nominal(0) == 5 and policy.nominal(10_000) == 300  # no overflow
+    top = [policy.delay(attempt, random=lambda: 1.0) for attempt in range(1, 11)]
+    assert top == nominal
+
+
+def test_equal_jitter_stays_within_half_to_full_delay() -> None:
+    policy = RetryPolicy(base=5.0, cap=300.0)
+    assert policy.delay(1, random=lambda: 0.0) == 2.5  # never below base / 2
+    assert policy.delay(1, random=lambda: 0.5) == 3.75
+    assert policy.delay(3, random=lambda: 0.0) == 10.0
+    assert policy.delay(20, random=lambda: 0.0) == 150.0
+    for attempt in range(1, 15):
+        for _ in range(50):
+            delay = policy.delay(attempt)
+            assert policy.nominal(attempt) / 2 <= delay <= policy.nominal(attempt)
+
+
+def test_retry_after_is_honoured_up_to_the_hard_ceiling() -> None:
+    policy = RetryPolicy(base=5.0, cap=300.0)
+    assert RETRY_AFTER_MAX == 3600
+    assert policy.delay(1, retry_after=1_000_000, random=lambda: 0.0) == RETRY_AFTER_MAX
+    assert policy.delay(1, retry_after=float("inf"), random=lambda: 0.0) == RETRY_AFTER_MAX
+    assert policy.delay(1, retry_after=float("nan"), random=lambda: 0.0) == 2.5
+    assert policy.delay(1, retry_after=-5, random=lambda: 0.0) == 2.5
+    assert policy.delay(1, retry_after=2000, random=lambda: 0.0) == 2000
+    # An operator's cap longer than the ceiling still applies to the backoff itself.
+    long = RetryPolicy(base=5000.0, cap=7200.0)
+    assert long.delay(2, retry_after=10, random=lambda: 1.0) == 7200
+
+
+def test_attempts_are_exhausted_at_the_maximum() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert [policy.exhausted(made) for made in range(5)] == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"max_attempts": 0}, {"base": 0}, {"base": 10.0, "cap": 5.0}]
+)
+def test_a_nonsensical_policy_is_refused(arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"max_attempts|base"):
+        RetryPolicy(**arguments)
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after("99999999999") == RETRY_AFTER_MAX
+    assert parse_retry_after("Thu, 26 Nov 2026 12:01:30 GMT", now=now) == 90.0
+    assert parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now=now) == 0.0  # past
+    assert parse_retry_after("Thu, 26 Nov 2026 12:01:30 GMT", now=now.replace(tzinfo=None)) == 90
+    assert parse_retry_after("Fri, 27 Nov 2026 12:00:00 GMT", now=now) == RETRY_AFTER_MAX
+    for garbage in (None, "", "soon", "12 seconds", "0x10", "1e3", "Thu, 99 Nov 2026 xx GMT"):
+        assert parse_retry_after(garbage, now=now) is None
+
+
+# ----------------------------------------------------------------------------- the docs
+
+
+def _documented_verifier() -> dict[str, Any]:
+    text = DOCS.read_text()
+    found = re.search(r"<!-- verifier -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert found, "docs/webhooks.md has no verifier block"
+    namespace: dict[str, Any] = {"__name__": "documented_verifier"}
+    exec(compile(found.group(1), str(DOCS), "exec"), namespace)
+    return namespace
+
+
+def test_the_docs_describe_both_schemes_and_the_retries() -> None:
+    text = DOCS.read_text()
+    assert "## Verifying deliveries" in text and "## Retries" in text
+    for name in ("X-OpenWA-Signature", "X-Enginehost-Signature", "X-Enginehost-Timestamp"):
+        assert name in text
+
+
+@pytest.mark.anyio
+async def test_the_documented_verifier_checks_a_real_delivery() -> None:
+    verifier = _documented_verifier()
+    verify, verify_openwa_documented = verifier["verify"], verifier["verify_openwa"]
+    _, receiver = await deliver()
+    [request] = receiver.requests
+    headers = request.header_dict()  # as received on the wire, names in their own case
+    assert verify(SECRET, request.body, headers)
+    assert verify(SECRET, request.body, {k.lower(): v for k, v in headers.items()})
+    assert verify_openwa_documented(SECRET, request.body, headers)
+
+    tampered = request.body[:-2] + b"!\n"
+    assert not verify(SECRET, tampered, headers)
+    assert not verify_openwa_documented(SECRET, tampered, headers)
+    assert not verify("wrong secret", request.body, headers)
+
+    stale_time = int(time.time()) - 301
+    stale = {
+        **headers,
+        "X-Enginehost-Timestamp": str(stale_time),
+        "X-Enginehost-Signature": timestamped_signature(SECRET, stale_time, request.body),
+    }
+    assert not verify(SECRET, request.body, stale)
+    assert verify(SECRET, request.body, stale, tolerance=400)
+    missing = {k: v for k, v in headers.items() if k != "X-Enginehost-Timestamp"}
+    assert not verify(SECRET, request.body, missing)
+    assert not verify(SECRET, request.body, {**headers, "X-Enginehost-Timestamp": "soon"})
