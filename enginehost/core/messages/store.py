@@ -47,7 +47,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Table, bindparam, case
@@ -62,6 +62,7 @@ from enginehost.core.db.direct import DirectStatement
 from enginehost.core.db.group_commit import GroupCommit
 from enginehost.core.engine import AckStatus, EngineMessage, MessageType, utc_now
 from enginehost.core.errors import FieldError, ServiceError
+from enginehost.core.messages.events import MessageEvents
 from enginehost.core.messages.models import (
     CHAT_ID_MAX,
     IDEMPOTENCY_KEY_MAX,
@@ -73,6 +74,9 @@ from enginehost.core.messages.models import (
     new_id,
 )
 from enginehost.core.messages.status import AckedMessage, KnownStatus, advance
+
+if TYPE_CHECKING:
+    from enginehost.core.webhooks.outbox import Outbox
 
 __all__ = [
     "HISTORY_LIMIT_MAX",
@@ -447,8 +451,8 @@ class _Statements:
                     m.c.status.in_([sa.literal_column(f"'{s}'") for s in _advanced_by(status)]),
                 )
                 .values(status=status, updated_at=later)
-                .returning(m.c.id, m.c.status),
-                [m.c.id, m.c.status],
+                .returning(m.c.id, m.c.status, m.c.chat_id, m.c.from_me),
+                [m.c.id, m.c.status, m.c.chat_id, m.c.from_me],
             )
             for status in _STATUSES
             if status != AckStatus.PENDING
@@ -582,8 +586,11 @@ class MessageStore:
     queue is shared, so the first store made for a database sets it.
     """
 
-    def __init__(self, database: Database, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, database: Database, *, max_batch: int = 256, outbox: Outbox | None = None
+    ) -> None:
         self._database = database
+        self._announce = MessageEvents(outbox)
         # Stores of one database share its write queue (see the module docs).
         self._writer = _writer_for(database, max_batch)
         self._sql = self._writer.sql
@@ -680,10 +687,14 @@ class MessageStore:
             "now": utc_now(),
         }
 
+        announce = self._announce
+
         def work(connection: Connection) -> MessageRecord:
             done = sql.mark_sent_plain.first(connection, plain)
             if done is not None:
-                return _with_early_ack(connection, writer, done)
+                record = _with_early_ack(connection, writer, done)
+                announce.sent(connection, record)
+                return record
             row = sql.pending_for_sent.first(connection, {"record_id": record_id})
             if row is None:
                 raise _not_found(record_id)
@@ -716,7 +727,10 @@ class MessageStore:
                 values["quoted_message_id"] = row["quoted_message_id"] or echo["quoted_message_id"]
                 sql.delete.run(connection, {"record_id": echo["id"]})
             values["status"] = status
-            return _record(_one(sql.mark_sent.first(connection, values)))
+            record = _record(_one(sql.mark_sent.first(connection, values)))
+            if echo is None:  # a merged echo was announced when it was stored
+                announce.sent(connection, record)
+            return record
 
         record = await self._writes.submit(work)
         self._note(record)
@@ -728,7 +742,7 @@ class MessageStore:
         reason = _body(reason) or "failed"
         if not _searchable(record_id):
             raise _not_found(record_id)
-        sql = self._sql
+        sql, announce = self._sql, self._announce
 
         def work(connection: Connection) -> MessageRecord:
             row = sql.by_id.first(connection, {"record_id": record_id})
@@ -742,7 +756,9 @@ class MessageStore:
                 "failure_reason": reason,
                 "updated_at": _later(utc_now(), row["created_at"]),
             }
-            return _record(_one(sql.mark_failed.first(connection, changes)))
+            record = _record(_one(sql.mark_failed.first(connection, changes)))
+            announce.failed(connection, record)
+            return record
 
         # Nothing to remember for acks: a row it fails was pending, without an engine id.
         return await self._writes.submit(work)
@@ -753,10 +769,15 @@ class MessageStore:
             sa.update(_MESSAGES)
             .where(_MESSAGES.c.status == AckStatus.PENDING.value)
             .values(status=AckStatus.FAILED.value, failure_reason=reason, updated_at=utc_now())
+            .returning(*_MESSAGES.c)
         )
+        announce = self._announce
 
         def work(connection: Connection) -> int:
-            return int(connection.execute(statement).rowcount)
+            failed = [_record(dict(row._mapping)) for row in connection.execute(statement)]
+            for record in failed:
+                announce.failed(connection, record)
+            return len(failed)
 
         return await self._writes.submit(work)
 
@@ -784,14 +805,22 @@ class MessageStore:
         key = {"session_id": session_id, "message_id": values["message_id"]}
         sql, writer = self._sql, self._writer
 
+        announce = self._announce
+
         def work(connection: Connection) -> tuple[MessageRecord, bool]:
             # The unique (session_id, message_id) index decides: no row back means the
             # id is stored already (a re-fired event, or a send's own echo).
             if sql.insert_engine.first(connection, values) is None:
                 return _record(_one(sql.by_message_id.first(connection, key))), False
             if values["from_me"]:
-                return _with_early_ack(connection, writer, values), True
-            return _record(values), True
+                record = _with_early_ack(connection, writer, values)
+            else:
+                record = _record(values)
+            if own:
+                announce.sent(connection, record, sender=message.sender)
+            else:
+                announce.received(connection, [(record, message.sender)])
+            return record, True
 
         record, created = await self._writes.submit(work)
         self._note(record)
@@ -819,12 +848,15 @@ class MessageStore:
         is how a re-fired event stays harmless. Early acks of own messages are applied.
         """
         rows: dict[tuple[str, str], dict[str, Any]] = {}
+        senders: dict[tuple[str, str], str | None] = {}
         for session_id, message in items:
             values = _engine_values(session_id, message, own=False)
-            rows.setdefault((session_id, values["message_id"]), values)
+            key = (session_id, values["message_id"])
+            if key not in rows:
+                rows[key], senders[key] = values, message.sender
         if not rows:
             return set()
-        sql, writer = self._sql, self._writer
+        sql, writer, announce = self._sql, self._writer, self._announce
 
         def work(connection: Connection) -> set[tuple[str, str]]:
             result = connection.execute(sql.insert_many, list(rows.values()))
@@ -833,7 +865,14 @@ class MessageStore:
                 if from_me:
                     early = _take_early_ack(connection, writer, session_id, message_id)
                     if early is not None:
-                        _advance_row(connection, sql, session_id, message_id, early)
+                        moved = _advance_row(connection, sql, session_id, message_id, early)
+                        if moved is not None:
+                            rows[(session_id, message_id)]["status"] = moved["status"]
+            if announce.active:
+                announce.received(
+                    connection,
+                    [(_record(rows[(s, m)]), senders[(s, m)]) for s, m, _ in inserted],
+                )
             return {(session_id, message_id) for session_id, message_id, _ in inserted}
 
         return await self._writes.submit(work)
@@ -857,10 +896,13 @@ class MessageStore:
             return settled
         key = {"session_id": session_id, "message_id": message_id}
 
+        announce = self._announce
+
         def work(connection: Connection) -> AckedMessage | None:
             if wanted != AckStatus.PENDING:
                 row = _advance_row(connection, sql, session_id, message_id, wanted)
                 if row is not None:
+                    announce.ack(connection, session_id, message_id, row)
                     return AckedMessage(row["id"], row["status"])
             row = sql.status_by_message_id.first(connection, key)
             if row is not None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -60,6 +60,16 @@ from enginehost.core.sessions.reconnect import ReconnectPolicy
 from enginehost.core.sessions.status import IN_FLIGHT, SessionStatus, status_for
 from enginehost.core.sessions.store import SessionNotFoundError, SessionStore
 from enginehost.core.settings import Settings
+from enginehost.core.webhooks.catalogue import (
+    authenticated_payload,
+    disconnected_payload,
+    qr_payload,
+    reconnect_loop_payload,
+    session_status_payload,
+)
+
+if TYPE_CHECKING:
+    from enginehost.core.webhooks.outbox import Outbox
 
 __all__ = ["HOST_CONFIG_KEYS", "EngineFactory", "LogoutError", "SessionManager", "session_info"]
 
@@ -140,8 +150,10 @@ class SessionManager:
         bus: EventBus,
         settings: Settings,
         messages: MessageStore | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._store = store
+        self._outbox = outbox
         self._messages = messages
         self._inbound = InboundWriter(messages) if messages is not None else None
         self._engines = engines
@@ -378,8 +390,12 @@ class SessionManager:
         )
         if live.attempt % live.policy.loop_every == 0:
             log.warning("session.reconnect_loop", attempt=live.attempt, reason=end.reason)
-            self._publish(
-                live, "session.reconnect_loop", {"attempt": live.attempt, "reason": end.reason}
+            await self._announce(
+                live,
+                "session.reconnect_loop",
+                reconnect_loop_payload(
+                    session_name=live.name, attempt=live.attempt, reason=end.reason
+                ),
             )
         with anyio.move_on_after(live.policy.delay(live.attempt)):
             await live.stop_requested.wait()
@@ -461,12 +477,16 @@ class SessionManager:
         status = status_for(event)
         if isinstance(event, QrEvent):
             live.visible, live.qr = True, event.payload
-            self._publish(live, "session.qr", {"qr": event.payload})
+            await self._announce(
+                live, "session.qr", qr_payload(session_name=live.name, qr=event.payload)
+            )
         elif isinstance(event, PairingCodeEvent):
             live.visible, live.pairing_code = True, event.code
         elif isinstance(event, AuthenticatedEvent):
             live.qr = live.pairing_code = None
-            self._publish(live, "session.authenticated", {})
+            await self._announce(
+                live, "session.authenticated", authenticated_payload(session_name=live.name)
+            )
         elif isinstance(event, ReadyEvent):
             live.visible, live.ready_since = True, time.monotonic()
             live.own_id = event.own_id
@@ -486,14 +506,15 @@ class SessionManager:
             return
         elif isinstance(event, DisconnectedEvent):
             live.end = event
-            self._publish(
+            await self._announce(
                 live,
                 "session.disconnected",
-                {
-                    "classification": event.classification.value,
-                    "code": event.engine_code,
-                    "reason": event.reason,
-                },
+                disconnected_payload(
+                    session_name=live.name,
+                    classification=event.classification,
+                    code=event.engine_code,
+                    reason=event.reason,
+                ),
             )
             live.ended.set()
             return  # the supervisor decides the status (reconnect, disconnected, failed)
@@ -611,19 +632,15 @@ class SessionManager:
             **changes,
         )
         if previous != status.value:
-            self._bus.publish(
-                HostEvent(
-                    type="session.status",
-                    session_id=session_id,
-                    data={
-                        "sessionName": record.name,
-                        "engine": record.engine,
-                        "status": status.value,
-                        "previous": previous,
-                        "reason": reason,
-                    },
-                )
+            # The store staged the webhook deliveries with the status itself.
+            data = session_status_payload(
+                session_name=record.name,
+                engine=record.engine,
+                status=status,
+                previous=previous,
+                reason=reason,
             )
+            self._bus.publish(HostEvent(type="session.status", session_id=session_id, data=data))
         return record, previous
 
     def _publish(self, live: _Live, event_type: str, data: dict[str, Any]) -> None:
@@ -634,6 +651,22 @@ class SessionManager:
                 data={"sessionName": live.name, **data},
             )
         )
+
+    async def _announce(self, live: _Live, event_type: str, data: dict[str, Any]) -> None:
+        """Publish a session event that changes no row, and stage its webhook deliveries
+        in a transaction of their own (awaited: a session's events stay in order)."""
+        self._bus.publish(HostEvent(type=event_type, session_id=live.session_id, data=data))
+        outbox = self._outbox
+        if outbox is None or self._messages is None or not outbox.index:
+            return
+        if not outbox.index.matching_any(event_type, live.session_id):
+            return
+        try:
+            await self._messages.writes.submit(
+                lambda connection: outbox.stage(connection, event_type, live.session_id, data)
+            )
+        except Exception as exc:  # the session goes on; the event is logged as lost
+            log.error("session.event_not_staged", event=event_type, error=str(exc))
 
 
 def _as_engine_message(record: MessageRecord, own_id: str | None) -> EngineMessage:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy import inspect as sa_inspect
@@ -28,6 +28,10 @@ from enginehost.core.db.database import Database
 from enginehost.core.engine import utc_now
 from enginehost.core.errors import ServiceError
 from enginehost.core.sessions.models import NAME_MAX, SessionRecord
+from enginehost.core.webhooks.catalogue import session_status_payload
+
+if TYPE_CHECKING:
+    from enginehost.core.webhooks.outbox import Outbox
 
 __all__ = [
     "SessionExistsError",
@@ -248,9 +252,16 @@ class _RowCache:
 class SessionStore:
     """Session rows in the data database, looked up from memory (see the module doc)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, outbox: Outbox | None = None) -> None:
         self._database = database
         self._cache = database.shared("sessions.cache", _RowCache)
+        self._outbox = outbox
+
+    def cached_name(self, session_id: str) -> str | None:
+        """The name of ``session_id`` if its row is cached (no database work: for event
+        payloads built inside other writers' transactions)."""
+        row = self._cache._rows.get(session_id)
+        return None if row is None else str(row["name"])
 
     async def create(
         self, name: str, *, engine: str, config: dict[str, Any] | None = None
@@ -344,8 +355,23 @@ class SessionStore:
                 setattr(record, field, value)
             record.updated_at = now
             session.add(record)
+            if outbox is not None and previous != status:
+                # Written with the status itself (see enginehost.core.webhooks.outbox).
+                outbox.stage(
+                    session,
+                    "session.status",
+                    session_id,
+                    lambda: session_status_payload(
+                        session_name=record.name,
+                        engine=record.engine,
+                        status=status,
+                        previous=previous,
+                        reason=reason,
+                    ),
+                )
             return record, previous
 
+        outbox = self._outbox
         return await self._write(session_id, work, lambda result: result[0])
 
     async def update(self, session_id: str, **changes: Any) -> SessionRecord:

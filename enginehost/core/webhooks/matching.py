@@ -1,0 +1,191 @@
+"""Which webhooks want an event: registrations as the outbox sees them, and filters.
+
+The outbox asks for every event it may have to write (thousands per second on a busy
+host), so matching works on immutable snapshots kept in memory, indexed by session:
+no database read, no pydantic model, a few dictionary look-ups per event. The registry
+replaces a snapshot once a change to its webhook has committed.
+
+Filters narrow *message* events (``message.*``): each filter field is compared with
+the field of the event's data that has the same meaning; an event whose data has no
+such field (a session event, say) is not narrowed by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from enginehost.core.http.models import RequestModel
+from enginehost.core.webhooks.models import WebhookRecord
+
+__all__ = ["ALL_EVENTS", "WebhookFilters", "WebhookIndex", "WebhookSnapshot"]
+
+ALL_EVENTS = "*"
+CHAT_ID_MAX = 128
+FILTER_CHATS_MAX = 1000
+
+
+class WebhookFilters(RequestModel):
+    """Optional filters of a webhook; every field given must match (an AND)."""
+
+    chat_ids: list[str] | None = Field(
+        None,
+        max_length=FILTER_CHATS_MAX,
+        description="Only these chats (neutral ids such as `123@c.us`, `456@g.us`).",
+    )
+    direction: Literal["incoming", "outgoing"] | None = Field(
+        None, description="Only messages in this direction."
+    )
+    from_me: bool | None = Field(None, description="Only own messages (true) or others' (false).")
+    message_types: list[str] | None = Field(
+        None, max_length=50, description="Only these message types (text, image, ...)."
+    )
+    is_group: bool | None = Field(None, description="Only group chats (true) or others (false).")
+
+    @field_validator("chat_ids")
+    @classmethod
+    def _chat_ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for chat_id in value:
+                if not chat_id or len(chat_id) > CHAT_ID_MAX or "@" not in chat_id:
+                    raise ValueError(f"{chat_id!r} is not a chat id such as 123@c.us")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSnapshot:
+    """A webhook as deliveries need it: immutable, cheap to match."""
+
+    id: str
+    session_id: str | None
+    url: str
+    events: frozenset[str] | None
+    """None: every event."""
+    secret: str | None
+    headers: Mapping[str, str]
+    active: bool
+    max_attempts: int | None
+    """None: the host's setting."""
+    retry_base: float | None
+    retry_cap: float | None
+    chats: frozenset[str] | None = None
+    direction: str | None = None
+    from_me: bool | None = None
+    types: frozenset[str] | None = None
+    is_group: bool | None = None
+
+    @classmethod
+    def of(cls, record: WebhookRecord) -> WebhookSnapshot:
+        filters = WebhookFilters.model_validate(record.filters or {})
+        events = frozenset(record.events)
+        return cls(
+            id=record.id,
+            session_id=record.session_id,
+            url=record.url,
+            events=None if ALL_EVENTS in events else events,
+            secret=record.secret,
+            headers=dict(record.headers or {}),
+            active=record.active,
+            max_attempts=None if record.retry_count is None else record.retry_count + 1,
+            retry_base=record.retry_base,
+            retry_cap=record.retry_cap,
+            chats=frozenset(filters.chat_ids) if filters.chat_ids is not None else None,
+            direction=filters.direction,
+            from_me=filters.from_me,
+            types=frozenset(filters.message_types) if filters.message_types is not None else None,
+            is_group=filters.is_group,
+        )
+
+    def wants(self, event: str, data: Mapping[str, Any]) -> bool:
+        """Whether this webhook takes ``event`` with ``data`` (see the module docs)."""
+        if not self.active or (self.events is not None and event not in self.events):
+            return False
+        if not event.startswith("message."):
+            return True
+        chat = data.get("chatId")
+        if self.chats is not None and chat is not None and chat not in self.chats:
+            return False
+        if (
+            self.is_group is not None
+            and chat is not None
+            and str(chat).endswith("@g.us") != self.is_group
+        ):
+            return False
+        if self.from_me is not None and "fromMe" in data and data["fromMe"] != self.from_me:
+            return False
+        if (
+            self.direction is not None
+            and "direction" in data
+            and data["direction"] != self.direction
+        ):
+            return False
+        return not (self.types is not None and "type" in data and data["type"] not in self.types)
+
+
+class WebhookIndex:
+    """Every webhook's snapshot, by session (``None``: global webhooks)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, WebhookSnapshot] = {}
+        self._by_session: dict[str | None, dict[str, WebhookSnapshot]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def load(self, records: Iterable[WebhookRecord]) -> None:
+        """Replace everything with ``records`` (at boot)."""
+        self._by_id.clear()
+        self._by_session.clear()
+        for record in records:
+            self.put(WebhookSnapshot.of(record))
+
+    def put(self, snapshot: WebhookSnapshot) -> None:
+        """Add or replace a webhook (after its change committed)."""
+        self.remove(snapshot.id)
+        self._by_id[snapshot.id] = snapshot
+        self._by_session.setdefault(snapshot.session_id, {})[snapshot.id] = snapshot
+
+    def remove(self, webhook_id: str) -> None:
+        old = self._by_id.pop(webhook_id, None)
+        if old is not None:
+            bucket = self._by_session.get(old.session_id)
+            if bucket is not None:
+                bucket.pop(webhook_id, None)
+                if not bucket:
+                    del self._by_session[old.session_id]
+
+    def remove_session(self, session_id: str) -> None:
+        """Forget a deleted session's webhooks (the database deleted them with it)."""
+        for webhook_id in list(self._by_session.get(session_id, {})):
+            self.remove(webhook_id)
+
+    def get(self, webhook_id: str) -> WebhookSnapshot | None:
+        return self._by_id.get(webhook_id)
+
+    def matching_any(self, event: str, session_id: str | None) -> bool:
+        """Whether some active webhook takes ``event`` of ``session_id`` before filters
+        (cheap: lets a writer skip building a payload nobody wants)."""
+        for bucket_key in (session_id, None) if session_id is not None else (None,):
+            bucket = self._by_session.get(bucket_key)
+            if bucket:
+                for snapshot in bucket.values():
+                    if snapshot.active and (snapshot.events is None or event in snapshot.events):
+                        return True
+        return False
+
+    def matching(
+        self, event: str, session_id: str | None, data: Mapping[str, Any]
+    ) -> list[WebhookSnapshot]:
+        """The webhooks that take ``event`` of ``session_id``: the session's, then the
+        global ones."""
+        found: list[WebhookSnapshot] = []
+        if not self._by_id:
+            return found
+        for bucket_key in (session_id, None) if session_id is not None else (None,):
+            bucket = self._by_session.get(bucket_key)
+            if bucket:
+                found.extend(s for s in bucket.values() if s.wants(event, data))
+        return found
