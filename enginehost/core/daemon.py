@@ -32,11 +32,12 @@ from typing import Final
 import anyio
 import anyio.to_thread
 import uvicorn
+from sqlmodel import Session, select
 
 from enginehost.core.audit.service import AuditLog
 from enginehost.core.auth.keys import load_or_create_pepper
 from enginehost.core.auth.service import ApiKeyService
-from enginehost.core.db import Databases, open_databases, prepare_schemas
+from enginehost.core.db import Database, Databases, open_databases, prepare_schemas
 from enginehost.core.db.single_writer import exclusive_writer
 from enginehost.core.events import EventBus
 from enginehost.core.hooks_bridge import forward_events_to_hooks
@@ -44,11 +45,18 @@ from enginehost.core.http.app import AppState, create_app
 from enginehost.core.logging import get_logger
 from enginehost.core.messages.send import SendService
 from enginehost.core.messages.store import MessageStore
+from enginehost.core.metrics import HostMetrics
+from enginehost.core.net.guard import AddressPolicy
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
+from enginehost.core.webhooks.delivery import WebhookClient, default_user_agent
+from enginehost.core.webhooks.dispatcher import Dispatcher
+from enginehost.core.webhooks.matching import WebhookIndex
+from enginehost.core.webhooks.models import WebhookRecord
+from enginehost.core.webhooks.outbox import Outbox
 
 __all__ = ["DaemonError", "serve"]
 
@@ -185,6 +193,10 @@ async def _serve_with(
             # is still buffered before the databases close.
             tg.start_soon(state.audit.run)
             tg.start_soon(forward_events_to_hooks, state.bus, plugins)
+            if state.metrics is not None:
+                await tg.start(state.metrics.run, state.bus)
+            if state.deliveries is not None:
+                await tg.start(state.deliveries.run)
             server_done = anyio.Event()
             tg.start_soon(_run_server, server, sock, server_done)
             started = await _wait_until_started(server, server_done)
@@ -241,6 +253,9 @@ async def _serve_with(
             log.error("db.writes_not_drained", seconds=settings.shutdown_timeout)
     finally:
         sock.close()
+        if state.deliveries is not None:
+            with anyio.CancelScope(shield=True):
+                await state.deliveries.aclose()
     if not started:
         raise DaemonError(
             f"the HTTP server did not start within {_SERVER_START_TIMEOUT:.0f} s; see the log above"
@@ -273,11 +288,29 @@ async def build_state(
     keys = ApiKeyService(databases.main, load_or_create_pepper(secret, data_dir))
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     await keys.ensure_admin_key(data_dir, admin)
-    sessions = SessionStore(databases.data)
-    messages = MessageStore(databases.data)
+    # Webhooks: every writer stages deliveries into the outbox inside its own
+    # transaction; the dispatcher delivers them (see enginehost.core.webhooks).
+    index = WebhookIndex()
+    outbox = Outbox(index, max_payload_bytes=settings.webhook_max_payload_bytes)
+    sessions = SessionStore(databases.data, outbox=outbox)
+    messages = MessageStore(databases.data, outbox=outbox)
+    outbox.name_sessions_with(sessions.cached_name)
     templates = TemplateService(databases.data, render_max_bytes=settings.template_render_max_bytes)
     bus = EventBus()
-    manager = SessionManager(sessions, plugins, bus, settings, messages)
+    manager = SessionManager(sessions, plugins, bus, settings, messages, outbox)
+    policy = AddressPolicy.from_allow_list(settings.webhook_allowed_hosts)
+    client = WebhookClient(
+        policy=policy,
+        timeout=settings.webhook_timeout,
+        max_connections=settings.webhook_concurrency,
+        response_max_bytes=settings.webhook_response_max_bytes,
+        user_agent=default_user_agent(),
+    )
+    dispatcher = Dispatcher(databases.data, messages.writes, outbox, client, settings)
+    # Before anything can stage: outbox ids continue after the stored ones, and the
+    # index knows every webhook.
+    await dispatcher.prepare()
+    index.load(await _all_webhooks(databases.data))
     return AppState(
         plugins=plugins,
         version=__version__,
@@ -297,7 +330,16 @@ async def build_state(
         audit=AuditLog(databases.main, retention_days=settings.audit_retention_days),
         databases=databases,
         templates=templates,
+        metrics=HostMetrics(version=__version__),
+        deliveries=dispatcher,
     )
+
+
+async def _all_webhooks(database: Database) -> list[WebhookRecord]:
+    def work(session: Session) -> list[WebhookRecord]:
+        return list(session.exec(select(WebhookRecord)).all())
+
+    return await database.run(work, readonly=True)
 
 
 async def _restore_sessions(manager: SessionManager) -> None:

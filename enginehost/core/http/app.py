@@ -19,9 +19,11 @@ from enginehost.core.engine import utc_now
 from enginehost.core.events import EventBus
 from enginehost.core.http import (
     audit,
+    catalogue,
     health,
     keys,
     messages,
+    metrics,
     plugins,
     sessions,
     settings,
@@ -32,11 +34,13 @@ from enginehost.core.http.fast_path import install_fast_path
 from enginehost.core.http.middleware import install_middleware
 from enginehost.core.http.openapi import install_openapi
 from enginehost.core.messages.send import SendService
+from enginehost.core.metrics import HostMetrics
 from enginehost.core.plugins import PluginHost
 from enginehost.core.sessions.manager import SessionManager
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
+from enginehost.core.webhooks.dispatcher import Dispatcher
 
 __all__ = ["AppState", "create_app"]
 
@@ -56,6 +60,9 @@ class AppState:
     send: SendService
     databases: Databases | None = None
     templates: TemplateService | None = None
+    metrics: HostMetrics | None = None
+    deliveries: Dispatcher | None = None
+    """The webhook dispatcher (None where webhooks are not delivered, as in some tests)."""
     started_at: datetime = field(default_factory=utc_now)
     ready: bool = False
     """True once the host finished booting; False again as soon as shutdown begins."""
@@ -80,6 +87,7 @@ def create_app(state: AppState) -> FastAPI:
     audit.install_audit(app)
     for module in _MATCHED_IN_ORDER:
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(metrics.router)  # where Prometheus looks: /metrics, not under /api
     install_openapi(app, path_order=_documented_paths())
     return app
 
@@ -89,7 +97,17 @@ API_PREFIX = "/api"
 # come first (sends and session reads: about 35 µs less per request than in reading
 # order). No path of one router can match a route of another, so the order changes
 # nothing else; the API document keeps the reading order below.
-_DOCUMENTED_IN_ORDER = (health, plugins, keys, settings, audit, templates, sessions, messages)
+_DOCUMENTED_IN_ORDER = (
+    health,
+    plugins,
+    keys,
+    settings,
+    audit,
+    templates,
+    sessions,
+    messages,
+    catalogue,  # before the webhook routes: /webhooks/events is not a webhook id
+)
 _BUSIEST = (messages, sessions, templates)
 _MATCHED_IN_ORDER = _BUSIEST + tuple(m for m in _DOCUMENTED_IN_ORDER if m not in _BUSIEST)
 
