@@ -1,9 +1,13 @@
 """Webhook delivery attempts against a real receiver on loopback: headers, signatures,
-status handling, the bounds on time and response size, the address guard, keep-alive;
-plus the retry policy, Retry-After parsing, and the verifier published in the docs."""
+status handling, the bounds on time and response size, the address guard (names through
+the guarded resolver, IP literals before the request), keep-alive; plus the retry
+policy, Retry-After parsing, and the verifier published in the docs."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import gzip
 import re
 import socket
 import time
@@ -17,10 +21,12 @@ from typing import Any
 
 import anyio
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from enginehost.core.net.guard import AddressPolicy
+from enginehost.core.webhooks import delivery
 from enginehost.core.webhooks.delivery import (
     RESERVED_HEADERS,
     Attempt,
@@ -28,6 +34,11 @@ from enginehost.core.webhooks.delivery import (
     WebhookClient,
     default_user_agent,
     is_reserved_header,
+)
+from enginehost.core.webhooks.guarded_resolver import (
+    GuardedResolver,
+    PolicyRefusalError,
+    literal_address,
 )
 from enginehost.core.webhooks.retry import (
     RETRY_AFTER_MAX,
@@ -54,7 +65,8 @@ BODY = b'{"event":"message.received",  "text":"caf\xc3\xa9 \\u00e9"}\n'
 @dataclass
 class Reply:
     """What the receiver answers: ``delay`` before the status line; ``trickle`` sends
-    the body a byte every ``trickle`` seconds; ``endless`` streams body without end."""
+    the body a byte every ``trickle`` seconds; ``endless`` streams body without end;
+    ``raw`` is sent instead of an answer; ``hang_up`` closes without answering."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
@@ -62,6 +74,8 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0
     endless: bool = False
+    raw: bytes | None = None
+    hang_up: bool = False
 
 
 @dataclass
@@ -107,7 +121,10 @@ class Receiver:
                     body = await buffered.receive_exactly(length) if length else b""
                     request = Request(method, path, headers, body, connection)
                     self.requests.append(request)
-                    await self._answer(stream, self.reply(request))
+                    reply = self.reply(request)
+                    if reply.hang_up:
+                        return
+                    await self._answer(stream, reply)
             except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
                 pass  # the client closed the connection
             except OSError:
@@ -115,6 +132,9 @@ class Receiver:
 
     async def _answer(self, stream: SocketStream, reply: Reply) -> None:
         await anyio.sleep(reply.delay)
+        if reply.raw is not None:
+            await stream.send(reply.raw)
+            return
         headers = {"Content-Length": str(len(reply.body)), **reply.headers}
         if reply.endless:
             headers["Content-Length"] = str(1 << 40)
@@ -204,6 +224,7 @@ async def test_an_attempt_sends_the_headers_and_the_exact_body() -> None:
     assert request.header("X-OpenWA-Delivery-Id") == "delivery-1"
     assert request.header("X-OpenWA-Retry-Count") == "3"
     assert request.header("Content-Length") == str(len(BODY))
+    assert request.header("Accept-Encoding") == "identity"
 
 
 def test_the_default_user_agent_names_the_version() -> None:
@@ -289,6 +310,18 @@ async def test_extra_headers_are_sent_but_cannot_override_reserved_ones() -> Non
     assert request.header("Transfer-Encoding") is None
     assert request.header("X-Enginehost-Future") is None
     assert request.body == BODY
+
+
+@pytest.mark.anyio
+async def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
+    async with running_receiver() as receiver, client() as webhooks:
+        url = f"http://hook-user:p%40ss@127.0.0.1:{receiver.port}/hook"
+        outcome = await webhooks.send(attempt(url, headers={"Authorization": "Bearer other"}))
+    assert outcome.delivered
+    [request] = receiver.requests
+    expected = "Basic " + base64.b64encode(b"hook-user:p@ss").decode()
+    assert request.header("Authorization") == expected
+    assert request.path == "/hook"
 
 
 def test_reserved_header_names() -> None:
@@ -399,6 +432,27 @@ async def test_a_receiver_slower_than_the_timeout_is_cut_off() -> None:
     assert elapsed < 1.2 and 0.45 <= outcome.duration < 1.2
     assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
     assert outcome.error == "the receiver did not answer within 0.5 s"
+    _assert_not_cancelling()
+
+
+def _assert_not_cancelling() -> None:
+    """A deadline that fired inside the client must not leave the task cancelled."""
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+@pytest.mark.anyio
+async def test_repeated_deadlines_leave_the_task_and_the_client_usable() -> None:
+    """The attempt's own deadline and aiohttp's fire at about the same moment; whichever
+    wins, the attempt ends as a timeout and the next one works."""
+    async with running_receiver() as receiver, client(timeout=0.2) as webhooks:
+        receiver.reply = lambda request: Reply(delay=3.0) if request.path == "/slow" else Reply()
+        for _ in range(5):
+            outcome = await webhooks.send(attempt(receiver.url("/slow")))
+            assert outcome.error == "the receiver did not answer within 0.2 s"
+            _assert_not_cancelling()
+        outcome = await webhooks.send(attempt(receiver.url("/fast")))
+    assert outcome.delivered
 
 
 @pytest.mark.anyio
@@ -413,6 +467,7 @@ async def test_the_deadline_covers_a_body_trickled_byte_by_byte() -> None:
     assert elapsed < 1.2
     assert (outcome.status, outcome.retryable) == (500, True)
     assert 0 < len(outcome.response_excerpt) < 100
+    _assert_not_cancelling()
 
 
 @pytest.mark.anyio
@@ -425,6 +480,31 @@ async def test_a_huge_answer_is_read_only_up_to_the_cap() -> None:
     assert outcome.delivered and outcome.duration < 3
     assert outcome.response_excerpt == "x" * 1000
     assert sent_when_answered < 200 * 1024 * 1024
+
+
+@pytest.mark.anyio
+async def test_a_connection_whose_answer_was_not_read_to_the_end_is_not_reused() -> None:
+    async with running_receiver() as receiver, client(response_max_bytes=10) as webhooks:
+        receiver.reply = lambda request: (
+            Reply(200, endless=True) if request.path == "/huge" else Reply()
+        )
+        first = await webhooks.send(attempt(receiver.url("/huge")))
+        second = await webhooks.send(attempt(receiver.url("/small")))
+        third = await webhooks.send(attempt(receiver.url("/small")))
+    assert (first.delivered, first.response_excerpt) == (True, "x" * 10)
+    assert second.delivered and third.delivered
+    # The rest of the huge answer was left on the first connection: never reused. The
+    # small answers were read to the end: their connection is.
+    assert [request.connection for request in receiver.requests] == [1, 2, 2]
+
+
+@pytest.mark.anyio
+async def test_a_compressed_answer_is_kept_as_it_came() -> None:
+    compressed = gzip.compress(b"hello " * 20)
+    outcome, receiver = await deliver(Reply(500, {"Content-Encoding": "gzip"}, compressed))
+    assert outcome.status == 500
+    assert outcome.response_excerpt == compressed.decode("utf-8", errors="replace")
+    assert receiver.requests[0].header("Accept-Encoding") == "identity"
 
 
 @pytest.mark.anyio
@@ -449,7 +529,23 @@ async def test_connection_refused_is_a_retryable_error() -> None:
         outcome = await webhooks.send(attempt(f"http://127.0.0.1:{_closed_port()}/hook"))
     assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
     assert outcome.error is not None and outcome.error.startswith("cannot connect")
+    assert "refused" in outcome.error
     assert SECRET not in outcome.error
+
+
+@pytest.mark.anyio
+async def test_a_receiver_hanging_up_without_an_answer_is_retried() -> None:
+    outcome, receiver = await deliver(Reply(hang_up=True))
+    assert len(receiver.requests) == 1
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
+    assert outcome.error == "the receiver closed the connection without answering"
+
+
+@pytest.mark.anyio
+async def test_an_answer_that_is_not_http_is_retried() -> None:
+    outcome, _ = await deliver(Reply(raw=b"SMTP ready, not HTTP\r\n\r\n"))
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
+    assert outcome.error == "the receiver answered malformed HTTP"
 
 
 @pytest.mark.anyio
@@ -465,6 +561,182 @@ async def test_the_guard_refuses_loopback_unless_allowed() -> None:
     assert "loopback" in outcome.error
     for secret in (SECRET, "t0ken", "header-value"):
         assert secret not in outcome.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+async def test_a_name_and_a_literal_are_refused_unless_allowed(host: str) -> None:
+    """A name goes through the guarded resolver; aiohttp never asks a resolver about a
+    literal, so the client vets it before the request. Both are refused by default and
+    go through once allowed (a listed name whatever it resolves to, a range by address)."""
+    async with running_receiver() as receiver:
+        url = f"http://{host}:{receiver.port}/hook"
+        async with client(policy=AddressPolicy()) as webhooks:
+            refused = await webhooks.send(attempt(url))
+        assert receiver.connections == 0
+        assert (refused.delivered, refused.status, refused.retryable) == (False, None, False)
+        assert refused.error is not None and refused.error.startswith(
+            f"refused by the address policy: {host!r} resolves to "
+        )
+        assert "loopback" in refused.error
+        allowed = AddressPolicy.from_allow_list(["127.0.0.0/8", "localhost"])
+        async with client(policy=allowed) as webhooks:
+            outcome = await webhooks.send(attempt(url))
+        assert outcome.delivered and receiver.connections == 1
+        assert receiver.requests[0].header("Host") == f"{host}:{receiver.port}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "named"),
+    [
+        ("[::1]", "::1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped loopback
+        ("[fe80::1%25lo]", "fe80::1"),  # link-local, with a zone
+        ("0x7f.0.0.1", "127.0.0.1"),  # not a literal to aiohttp: resolved, then refused
+    ],
+)
+async def test_other_spellings_of_local_addresses_are_refused(host: str, named: str) -> None:
+    async with running_receiver() as receiver, client(policy=AddressPolicy()) as webhooks:
+        outcome = await webhooks.send(attempt(f"http://{host}:{receiver.port}/hook"))
+    assert receiver.connections == 0
+    assert (outcome.delivered, outcome.retryable) == (False, False)
+    assert outcome.error is not None and "address policy" in outcome.error
+    assert named in outcome.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0177.0.0.1", "127.0.0.1."])
+async def test_legacy_numeric_hosts_are_invalid_urls(host: str) -> None:
+    """Forms the socket layer would map onto an address: never connected to."""
+    async with running_receiver() as receiver, client() as webhooks:
+        outcome = await webhooks.send(attempt(f"http://{host}:{receiver.port}/hook"))
+    assert receiver.connections == 0
+    assert (outcome.delivered, outcome.retryable) == (False, False)
+    assert outcome.error == "the URL is not valid"
+
+
+def test_literal_addresses_are_told_from_names() -> None:
+    assert str(literal_address("127.0.0.1")) == "127.0.0.1"
+    assert str(literal_address("::1")) == "::1"
+    assert str(literal_address("fe80::1%25eth0")) == "fe80::1"
+    for name in ("localhost", "hooks.example", "0x7f.0.0.1", "1.example"):
+        assert literal_address(name) is None
+    for bad in ("2130706433", "127.1", "::zz", "1.2.3.4."):
+        with pytest.raises(ValueError, match="does not appear to be"):
+            literal_address(bad)
+
+
+@dataclass
+class Names:
+    """Scripted name resolution: ``answers`` maps a name to its addresses or an error."""
+
+    answers: dict[str, list[str] | OSError] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+
+def _results(host: str, port: int, addresses: list[str]) -> list[ResolveResult]:
+    return [
+        {
+            "hostname": host,
+            "host": address,
+            "port": port,
+            "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+            "proto": 0,
+            "flags": socket.AI_NUMERICHOST,
+        }
+        for address in addresses
+    ]
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> Names:
+    """Replaces the system resolver under the guard (the guard itself stays)."""
+    script = Names()
+
+    class Scripted(AbstractResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            script.calls.append(host)
+            answer = script.answers[host]
+            if isinstance(answer, OSError):
+                raise answer
+            return _results(host, port, answer)
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(delivery, "ThreadedResolver", Scripted)
+    return script
+
+
+@pytest.mark.anyio
+async def test_the_connection_goes_to_the_vetted_address(names: Names) -> None:
+    """aiohttp connects to what the resolver returned: the receiver on loopback, under
+    a name, allowed by range; the answer is cached, the Host header keeps the name."""
+    names.answers["hooks.test"] = ["127.0.0.1"]
+    async with running_receiver() as receiver, client() as webhooks:
+        for _ in range(2):
+            outcome = await webhooks.send(attempt(f"http://hooks.test:{receiver.port}/hook"))
+            assert outcome.delivered
+    assert receiver.requests[0].header("Host") == f"hooks.test:{receiver.port}"
+    assert names.calls == ["hooks.test"]
+
+
+@pytest.mark.anyio
+async def test_one_refused_address_refuses_the_name_every_time(names: Names) -> None:
+    names.answers["mixed.test"] = ["127.0.0.1", "10.1.2.3"]  # the range allows only one
+    async with running_receiver() as receiver, client() as webhooks:
+        outcomes = [
+            await webhooks.send(attempt(f"http://mixed.test:{receiver.port}/hook"))
+            for _ in range(2)
+        ]
+    assert receiver.connections == 0
+    for outcome in outcomes:
+        assert (outcome.delivered, outcome.retryable) == (False, False)
+        assert outcome.error == (
+            "refused by the address policy: 'mixed.test' resolves to 10.1.2.3,"
+            " a loopback, private or link-local address"
+        )
+    assert names.calls == ["mixed.test", "mixed.test"]  # a refusal is never cached
+
+
+@pytest.mark.anyio
+async def test_a_name_that_does_not_resolve_is_retried(names: Names) -> None:
+    names.answers["gone.test"] = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    async with client() as webhooks:
+        outcome = await webhooks.send(attempt("http://gone.test/hook?token=t0ken"))
+    assert (outcome.delivered, outcome.status, outcome.retryable) == (False, None, True)
+    assert outcome.error is not None
+    assert outcome.error.startswith("cannot connect: 'gone.test' does not resolve")
+    assert "t0ken" not in outcome.error
+
+
+@pytest.mark.anyio
+async def test_the_guarded_resolver_passes_allowed_answers_through() -> None:
+    closed: list[bool] = []
+
+    class Fixed(AbstractResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return _results(host, port, ["93.184.216.34", "2606:2800:220:1::1", "fe80::1"])
+
+        async def close(self) -> None:
+            closed.append(True)
+
+    resolver = GuardedResolver(AddressPolicy.from_allow_list(["fe80::/10"]), Fixed())
+    results = await resolver.resolve("public.test", 443)
+    assert [result["host"] for result in results] == [
+        "93.184.216.34",
+        "2606:2800:220:1::1",
+        "fe80::1",
+    ]
+    with pytest.raises(PolicyRefusalError, match=r"'public.test' resolves to fe80::1"):
+        await GuardedResolver(AddressPolicy(), Fixed()).resolve("public.test", 443)
+    await resolver.close()
+    assert closed == [True]
 
 
 @pytest.mark.anyio
@@ -489,6 +761,51 @@ async def test_sequential_attempts_reuse_one_connection() -> None:
     ]
     assert receiver.connections == 1
     assert {request.connection for request in receiver.requests} == {1}
+
+
+@pytest.mark.anyio
+async def test_concurrent_attempts_share_at_most_max_connections() -> None:
+    async with running_receiver() as receiver, client(max_connections=2) as webhooks:
+        receiver.reply = lambda request: Reply(delay=0.05)
+        outcomes: list[AttemptOutcome] = []
+
+        async def one(index: int) -> None:
+            outcomes.append(await webhooks.send(attempt(receiver.url(), delivery_id=f"d{index}")))
+
+        async with anyio.create_task_group() as group:
+            for index in range(8):
+                group.start_soon(one, index)
+    assert len(outcomes) == 8 and all(outcome.delivered for outcome in outcomes)
+    assert receiver.connections == 2
+
+
+@pytest.mark.anyio
+async def test_environment_proxies_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a proxy, the address connected to says nothing about the receiver's."""
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    outcome, receiver = await deliver()
+    assert outcome.delivered and len(receiver.requests) == 1
+
+
+def test_a_client_built_outside_an_event_loop_works_inside_one() -> None:
+    """The daemon may build the client before its loop-bound work starts: aiohttp's
+    session is made on the first attempt, in the loop that makes it."""
+    webhooks = client()
+
+    async def main() -> tuple[AttemptOutcome, Receiver]:
+        async with running_receiver() as receiver, webhooks:
+            outcome = await webhooks.send(attempt(receiver.url()))
+        with pytest.raises(RuntimeError, match="closed"):
+            await webhooks.send(attempt(receiver.url()))
+        await webhooks.aclose()  # closing twice is harmless
+        return outcome, receiver
+
+    outcome, receiver = asyncio.run(main())
+    assert outcome.delivered and len(receiver.requests) == 1
 
 
 def test_client_arguments_are_checked() -> None:
