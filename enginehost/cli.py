@@ -1026,6 +1026,438 @@ def sessions_qr(
         time.sleep(min(1.0, remaining))
 
 
+# ---------------------------------------------------------------------------- webhooks
+
+webhooks_app = typer.Typer(
+    help=(
+        "Register, inspect and test the webhooks of a running daemon, and re-drive its "
+        "dead letters, over its REST API (--daemon-url, env ENGINEHOST_URL; --key, env "
+        "ENGINEHOST_API_KEY)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+# Here --url is also accepted for the daemon (as in `sessions`), except on `create`,
+# where it is the webhook's own URL.
+DaemonUrlOption = Annotated[
+    str,
+    typer.Option(
+        "--daemon-url", "--url", envvar="ENGINEHOST_URL", help="The running daemon's base URL."
+    ),
+]
+CreateDaemonUrlOption = Annotated[
+    str,
+    typer.Option(
+        "--daemon-url",
+        envvar="ENGINEHOST_URL",
+        help="The running daemon's base URL (here --url is the webhook's URL).",
+    ),
+]
+WebhookArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="The webhook's id (see `enginehost webhooks list`).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")]
+
+WEBHOOK_SECRET_VARIABLE = "ENGINEHOST_WEBHOOK_SECRET"
+
+
+class Direction(enum.StrEnum):
+    INCOMING = "incoming"
+    OUTGOING = "outgoing"
+
+
+def _webhook_path(webhook_id: str, suffix: str = "") -> str:
+    from urllib.parse import quote
+
+    return f"/api/webhooks/{quote(webhook_id.strip(), safe='')}{suffix}"
+
+
+def _session_names(api: _SessionsApi) -> dict[str, str]:
+    """Session ids to names, for tables; empty when the key may not list sessions."""
+    try:
+        sessions = api.call("GET", "/api/sessions")
+    except _ApiFailure:
+        return {}
+    return {s["id"]: s["name"] for s in sessions or []}
+
+
+def _webhook_secret(secret_file: Path | None) -> str | None:
+    """The signing secret: from --secret-file ('-' is standard input), else from the
+    environment; never from a command-line value (see `webhooks create --help`)."""
+    import os
+
+    if secret_file is None:
+        return os.environ.get(WEBHOOK_SECRET_VARIABLE, "").strip() or None
+    try:
+        text = sys.stdin.read() if str(secret_file) == "-" else secret_file.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"--secret-file {secret_file}: cannot read it: {exc}")
+    secret = text.strip()  # the line break an editor or `echo` adds is no part of it
+    if not secret:
+        _fail(f"--secret-file {secret_file} is empty")
+    return secret
+
+
+def _parse_headers(given: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in given:
+        name, colon, value = item.partition(":")
+        if not colon or not name.strip():
+            _fail(f"--header {item.split(':', 1)[0]!r}...: give it as 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _filters(
+    chats: list[str] | None,
+    direction: Direction | None,
+    from_me: bool | None,
+    types: list[str] | None,
+    group: bool | None,
+) -> dict[str, Any]:
+    given = {
+        "chatIds": chats or None,
+        "direction": direction.value if direction is not None else None,
+        "fromMe": from_me,
+        "messageTypes": types or None,
+        "isGroup": group,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _owner(hook: dict[str, Any], names: dict[str, str]) -> str:
+    session_id = hook.get("sessionId")
+    if session_id is None:
+        return "(global)"
+    return names.get(str(session_id), str(session_id))
+
+
+_WEBHOOK_COLUMNS = ("ID", "SESSION", "ACTIVE", "EVENTS", "URL")
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    session: Annotated[
+        str | None,
+        typer.Option("--session", "-s", help="Only this session's webhooks (name or id)."),
+    ] = None,
+    as_json: JsonOption = False,
+    url: DaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """List webhooks: every one the key may see, or one session's.
+
+    An admin key sees global webhooks too. Secrets and header values are never shown.
+    """
+    api = _SessionsApi(url, key)
+    path = api.session_path(session, "/webhooks") if session else "/api/webhooks"
+    hooks = api.run("GET", path)
+    if as_json:
+        typer.echo(json.dumps(hooks, indent=2))
+        return
+    if not hooks:
+        typer.echo("no webhooks")
+        return
+    names = _session_names(api)
+    rows: list[tuple[str, ...]] = [
+        (
+            hook["id"],
+            _owner(hook, names),
+            "yes" if hook["active"] else "no",
+            ",".join(hook["events"]),
+            hook["url"],
+        )
+        for hook in hooks
+    ]
+    typer.echo(_render_rows(_WEBHOOK_COLUMNS, rows))
+
+
+@webhooks_app.command("create")
+def webhooks_create(
+    target: Annotated[
+        str,
+        typer.Option(
+            "--url", help="Where deliveries are POSTed: an http(s) URL, without user:password."
+        ),
+    ],
+    events: Annotated[
+        list[str],
+        typer.Option(
+            "--event",
+            "-e",
+            help="An event to receive (message.received, session.status, ...); repeat "
+            'for more, or "*" for every event.',
+        ),
+    ],
+    session: Annotated[
+        str | None,
+        typer.Option("--session", "-s", help="The session whose events it receives (name or id)."),
+    ] = None,
+    everywhere: Annotated[
+        bool,
+        typer.Option(
+            "--global", help="Receive the events of every session instead (needs an admin key)."
+        ),
+    ] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            help="Read the signing secret (16 to 512 characters) from this file, '-' for "
+            f"standard input. Default: env {WEBHOOK_SECRET_VARIABLE}. There is no option "
+            "taking the secret itself: it would stay in the shell history and show in "
+            "the process list.",
+        ),
+    ] = None,
+    headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            "-H",
+            help="An extra header sent with every delivery, as 'Name: value'; repeat for "
+            "more. Write-only, but a command-line value stays in the shell history.",
+        ),
+    ] = None,
+    chats: Annotated[
+        list[str] | None,
+        typer.Option("--chat", help="Only message events of this chat (123@c.us); repeatable."),
+    ] = None,
+    direction: Annotated[
+        Direction | None, typer.Option("--direction", help="Only messages in this direction.")
+    ] = None,
+    from_me: Annotated[
+        bool | None,
+        typer.Option("--from-me/--not-from-me", help="Only own messages, or only others'."),
+    ] = None,
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only messages of this type (text, image, ...); repeatable."),
+    ] = None,
+    group: Annotated[
+        bool | None,
+        typer.Option("--group/--no-group", help="Only group chats, or only other chats."),
+    ] = None,
+    retry_count: Annotated[
+        int | None,
+        typer.Option(
+            "--retry-count",
+            min=0,
+            max=100,
+            help="Retries after a failed first attempt (default: the daemon's setting).",
+        ),
+    ] = None,
+    inactive: Annotated[
+        bool, typer.Option("--inactive", help="Register it without delivering yet.")
+    ] = False,
+    as_json: JsonOption = False,
+    daemon_url: CreateDaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Register a webhook for one session (--session) or for all (--global).
+
+    Filters (--chat, --direction, --from-me, --type, --group) narrow message events;
+    every filter given must match. Deliveries are signed when a secret is given
+    (--secret-file or ENGINEHOST_WEBHOOK_SECRET); the secret and header values are
+    never shown again. The daemon refuses URLs whose host resolves to a loopback or
+    private address unless ENGINEHOST_WEBHOOK_ALLOWED_HOSTS allows it.
+    """
+    if (session is None) == (not everywhere):
+        _fail("give either --session SESSION or --global")
+    body: dict[str, Any] = {"url": target, "events": events, "active": not inactive}
+    secret = _webhook_secret(secret_file)
+    if secret is not None:
+        body["secret"] = secret
+    if headers:
+        body["headers"] = _parse_headers(headers)
+    filters = _filters(chats, direction, from_me, types, group)
+    if filters:
+        body["filters"] = filters
+    if retry_count is not None:
+        body["retryCount"] = retry_count
+    api = _SessionsApi(daemon_url, key)
+    path = api.session_path(session, "/webhooks") if session is not None else "/api/webhooks"
+    hook = api.run("POST", path, body)
+    if as_json:
+        typer.echo(json.dumps(hook, indent=2))
+        return
+    owner = f"session {session!r}" if session is not None else "every session (global)"
+    signed = "signed" if hook["hasSecret"] else "unsigned"
+    typer.echo(
+        f"created webhook {hook['id']} for {owner}: {', '.join(hook['events'])} "
+        f"-> {hook['url']} ({signed}{'' if hook['active'] else ', inactive'})"
+    )
+
+
+@webhooks_app.command("show")
+def webhooks_show(
+    webhook: WebhookArgument,
+    as_json: JsonOption = False,
+    url: DaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Show one webhook (whether a secret is set and the header names; never their values)."""
+    api = _SessionsApi(url, key)
+    hook = api.run("GET", _webhook_path(webhook))
+    if as_json:
+        typer.echo(json.dumps(hook, indent=2))
+        return
+    filters = {name: value for name, value in hook["filters"].items() if value is not None}
+    policy = hook["retryPolicy"] or {}
+    delays = ", ".join(
+        f"{label} {policy[field]:g} s"
+        for label, field in (("base", "baseSeconds"), ("cap", "capSeconds"))
+        if policy.get(field) is not None
+    )
+    retries = "the daemon's setting" if hook["retryCount"] is None else str(hook["retryCount"])
+    lines = [
+        ("id", hook["id"]),
+        ("session", _owner(hook, _session_names(api))),
+        ("url", hook["url"]),
+        ("events", ", ".join(hook["events"])),
+        ("active", "yes" if hook["active"] else "no"),
+        ("filters", json.dumps(filters) if filters else "none"),
+        ("retries", retries),
+        ("retry delays", delays or "the daemon's settings"),
+        ("secret", "set" if hook["hasSecret"] else "none (deliveries are unsigned)"),
+        ("headers", ", ".join(hook["headerNames"]) or "none"),
+        ("created", hook["createdAt"]),
+        ("updated", hook["updatedAt"]),
+    ]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        typer.echo(f"{label.ljust(width)}  {value}")
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(
+    webhook: WebhookArgument, url: DaemonUrlOption = DEFAULT_URL, key: KeyOption = None
+) -> None:
+    """Delete a webhook, with the deliveries it still had to make."""
+    api = _SessionsApi(url, key)
+    api.run("DELETE", _webhook_path(webhook))
+    typer.echo(f"webhook {webhook.strip()} deleted")
+
+
+@webhooks_app.command("test")
+def webhooks_test(
+    webhook: WebhookArgument,
+    as_json: JsonOption = False,
+    url: DaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Send one webhook.test event to the webhook now, active or not, and say how it went.
+
+    Exit 0 when the receiver took it (a 2xx answer), 1 otherwise.
+    """
+    api = _SessionsApi(url, key)
+    result = api.run("POST", _webhook_path(webhook, "/test"))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    elif result["delivered"]:
+        typer.echo(f"delivered: HTTP {result['statusCode']} in {result['durationMs']:g} ms")
+    else:
+        status = f" (HTTP {result['statusCode']})" if result["statusCode"] is not None else ""
+        again = "would be retried" if result["retryable"] else "would not be retried"
+        typer.echo(
+            f"not delivered: {result['error']}{status} after {result['durationMs']:g} ms; "
+            f"a real delivery {again}"
+        )
+    if not result["delivered"]:
+        raise typer.Exit(1)
+
+
+_DEAD_LETTER_COLUMNS = ("ID", "WEBHOOK", "EVENT", "ATTEMPTS", "DEAD AT", "LAST ERROR")
+
+
+@webhooks_app.command("dead-letters")
+def webhooks_dead_letters(
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", "-w", help="Only this webhook's (its id).")
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Only this session's (name or id).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=500, help="At most this many, newest first.")
+    ] = 50,
+    as_json: JsonOption = False,
+    url: DaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """List dead letters: deliveries whose attempts ran out (needs an admin key).
+
+    Deliver them again with `enginehost webhooks redrive`.
+    """
+    from urllib.parse import urlencode
+
+    query: dict[str, Any] = {"limit": limit}
+    if webhook is not None:
+        query["webhookId"] = webhook
+    if session is not None:
+        query["sessionId"] = session
+    api = _SessionsApi(url, key)
+    page = api.run("GET", f"/api/webhooks/dead-letters?{urlencode(query)}")
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    letters = page["deadLetters"]
+    if not letters:
+        typer.echo("no dead letters")
+        return
+    rows: list[tuple[str, ...]] = [
+        (
+            letter["id"],
+            letter["webhookId"],
+            letter["event"],
+            str(letter["attempts"]),
+            letter["deadAt"],
+            " ".join((letter["lastError"] or "-").split())[:80],
+        )
+        for letter in letters
+    ]
+    typer.echo(_render_rows(_DEAD_LETTER_COLUMNS, rows))
+    if page["total"] > len(letters):
+        typer.echo(f"({len(letters)} of {page['total']}; --limit shows more)")
+
+
+@webhooks_app.command("redrive")
+def webhooks_redrive(
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="A dead letter's id; repeat for more."),
+    ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook",
+            "-w",
+            help="Every dead letter of this webhook (with --id: only those ids of it).",
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every dead letter of every webhook.")
+    ] = False,
+    url: DaemonUrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Deliver dead letters again (needs an admin key).
+
+    Each goes out with the same body and idempotency key, so receivers can drop what
+    they already took; its attempts start from zero.
+    """
+    if everything == bool(ids or webhook):
+        _fail("give --id ID (repeatable) and/or --webhook ID, or --all")
+    body: dict[str, Any] = {"all": True} if everything else {}
+    if ids:
+        body["ids"] = ids
+    if webhook is not None:
+        body["webhookId"] = webhook
+    api = _SessionsApi(url, key)
+    count = api.run("POST", "/api/webhooks/dead-letters/redrive", body)["redriven"]
+    typer.echo(f"re-drove {count} dead letter{'' if count == 1 else 's'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

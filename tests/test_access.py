@@ -22,6 +22,10 @@ from tests.support.api import ApiHarness, api_harness
 pytestmark = pytest.mark.anyio
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Answers that never end (text/event-stream): the in-process transport returns only once
+# the app is done, so only the refusal without a key is checked here;
+# tests/test_event_stream.py checks the rest over a real socket.
+ENDLESS = {"/api/events"}
 
 
 def _routes(api: ApiHarness) -> list[tuple[Any, str]]:
@@ -101,6 +105,8 @@ async def test_route_role_scope_matrix(tmp_path: Path) -> None:
             assert rule.scope is not None
             response = await _call(nobody, method, path)
             expect(response.status_code == 401, f"{name} without a key: {response.status_code}")
+            if route.path in ENDLESS:
+                continue
             for role, client in full.items():
                 await ensure_sessions()
                 response = await _call(client, method, path)

@@ -84,6 +84,14 @@ class FuzzTarget:
         )
         return str(response.json()["id"]) if response.status_code == 201 else None
 
+    def webhook_id(self) -> str | None:
+        response = self.run(
+            self.client.post,
+            f"/api/sessions/{self.live_session_id()}/webhooks",
+            json={"url": "http://127.0.0.1:9/fuzz", "events": ["*"]},
+        )
+        return str(response.json()["id"]) if response.status_code == 201 else None
+
     def key_id(self) -> str:
         self.serial += 1
         key, _ = self.run(self.api.state.keys.create, name=f"fuzz-{self.serial}", role="viewer")
@@ -103,7 +111,10 @@ def fuzz_target(
         patch.chdir(tmp_path)
         with (
             start_blocking_portal("asyncio") as portal,
-            portal.wrap_async_context_manager(api_harness(tmp_path)) as api,
+            # Webhooks to loopback may be registered (nothing listens on port 9).
+            portal.wrap_async_context_manager(
+                api_harness(tmp_path, webhook_allowed_hosts=["127.0.0.0/8"])
+            ) as api,
         ):
             session = portal.call(api.session, "alpha")
             client = api.client(api.admin_secret)
@@ -149,13 +160,21 @@ def fuzz_schema(fuzz_target: FuzzTarget) -> Any:
             "headers": {"X-API-Key": fuzz_target.api.admin_secret},
             "operations": [
                 {
+                    # An endless text/event-stream: the in-process transport hands back an
+                    # answer only once the app has finished it, so every accepted request
+                    # would wait forever. tests/test_event_stream.py covers this route
+                    # (its answers and its errors) over a real socket instead.
+                    "include-path": "/api/events",
+                    "enabled": False,
+                },
+                {
                     # The contract: settings cannot be changed through the API (501).
                     "include-path": "/api/settings",
                     "include-method": ["PUT", "PATCH"],
                     "checks": {
                         "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "501"]}
                     },
-                }
+                },
             ],
         }
     )
@@ -185,6 +204,10 @@ def _use_real_ids(case: Any, target: FuzzTarget) -> None:
         template_id = target.template_id()
         if template_id is not None:
             parameters["templateId"] = template_id
+    if "webhookId" in parameters:
+        webhook_id = target.webhook_id()
+        if webhook_id is not None:
+            parameters["webhookId"] = webhook_id
     if "id" in parameters and case.operation.path.startswith("/api/auth/api-keys/"):
         parameters["id"] = target.key_id()
 

@@ -32,12 +32,11 @@ from typing import Final
 import anyio
 import anyio.to_thread
 import uvicorn
-from sqlmodel import Session, select
 
 from enginehost.core.audit.service import AuditLog
 from enginehost.core.auth.keys import load_or_create_pepper
 from enginehost.core.auth.service import ApiKeyService
-from enginehost.core.db import Database, Databases, open_databases, prepare_schemas
+from enginehost.core.db import Databases, open_databases, prepare_schemas
 from enginehost.core.db.single_writer import exclusive_writer
 from enginehost.core.events import EventBus
 from enginehost.core.hooks_bridge import forward_events_to_hooks
@@ -55,8 +54,8 @@ from enginehost.core.templates.service import TemplateService
 from enginehost.core.webhooks.delivery import WebhookClient, default_user_agent
 from enginehost.core.webhooks.dispatcher import Dispatcher
 from enginehost.core.webhooks.matching import WebhookIndex
-from enginehost.core.webhooks.models import WebhookRecord
 from enginehost.core.webhooks.outbox import Outbox
+from enginehost.core.webhooks.registry import WebhookRegistry
 
 __all__ = ["DaemonError", "serve"]
 
@@ -292,11 +291,11 @@ async def build_state(
     # transaction; the dispatcher delivers them (see enginehost.core.webhooks).
     index = WebhookIndex()
     outbox = Outbox(index, max_payload_bytes=settings.webhook_max_payload_bytes)
+    bus = EventBus()
     sessions = SessionStore(databases.data, outbox=outbox)
-    messages = MessageStore(databases.data, outbox=outbox)
+    messages = MessageStore(databases.data, outbox=outbox, bus=bus)
     outbox.name_sessions_with(sessions.cached_name)
     templates = TemplateService(databases.data, render_max_bytes=settings.template_render_max_bytes)
-    bus = EventBus()
     manager = SessionManager(sessions, plugins, bus, settings, messages, outbox)
     policy = AddressPolicy.from_allow_list(settings.webhook_allowed_hosts)
     client = WebhookClient(
@@ -307,10 +306,11 @@ async def build_state(
         user_agent=default_user_agent(),
     )
     dispatcher = Dispatcher(databases.data, messages.writes, outbox, client, settings)
+    webhooks = WebhookRegistry(databases.data, index, policy=policy)
     # Before anything can stage: outbox ids continue after the stored ones, and the
     # index knows every webhook.
     await dispatcher.prepare()
-    index.load(await _all_webhooks(databases.data))
+    await webhooks.load_index()
     return AppState(
         plugins=plugins,
         version=__version__,
@@ -331,15 +331,9 @@ async def build_state(
         databases=databases,
         templates=templates,
         metrics=HostMetrics(version=__version__),
+        webhooks=webhooks,
         deliveries=dispatcher,
     )
-
-
-async def _all_webhooks(database: Database) -> list[WebhookRecord]:
-    def work(session: Session) -> list[WebhookRecord]:
-        return list(session.exec(select(WebhookRecord)).all())
-
-    return await database.run(work, readonly=True)
 
 
 async def _restore_sessions(manager: SessionManager) -> None:

@@ -77,6 +77,7 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
     plugins.load()
     state = await build_state(config, data_dir, databases, plugins)
     state.ready = True
+    dispatcher = state.deliveries  # a test may stand another in for the routes
     harness = ApiHarness(app=create_app(state), state=state, settings=config, databases=databases)
     # The audit writer runs as in the daemon. An error of the body is re-raised as itself
     # after the task group, not wrapped in an ExceptionGroup by it.
@@ -88,6 +89,11 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
             state.manager.running(),
         ):
             tg.start_soon(state.audit.run)
+            # Webhook deliveries and metrics run as in the daemon.
+            if dispatcher is not None:
+                await tg.start(dispatcher.run)
+            if state.metrics is not None:
+                await tg.start(state.metrics.run, state.bus)
             try:
                 yield harness
             except anyio.get_cancelled_exc_class():
@@ -98,9 +104,12 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
                 for client in harness.clients:
                     await client.aclose()
                 tg.cancel_scope.cancel()  # the writer writes what is left, then stops
+        await state.send.messages.writes.drain()
         if failure is not None:
             raise failure
     finally:
+        if dispatcher is not None:
+            await dispatcher.aclose()
         databases.dispose()
 
 

@@ -20,6 +20,7 @@ from enginehost.core.events import EventBus
 from enginehost.core.http import (
     audit,
     catalogue,
+    events,
     health,
     keys,
     messages,
@@ -28,6 +29,7 @@ from enginehost.core.http import (
     sessions,
     settings,
     templates,
+    webhooks,
 )
 from enginehost.core.http.errors import install_error_handlers
 from enginehost.core.http.fast_path import install_fast_path
@@ -41,6 +43,7 @@ from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings
 from enginehost.core.templates.service import TemplateService
 from enginehost.core.webhooks.dispatcher import Dispatcher
+from enginehost.core.webhooks.registry import WebhookRegistry
 
 __all__ = ["AppState", "create_app"]
 
@@ -61,6 +64,7 @@ class AppState:
     databases: Databases | None = None
     templates: TemplateService | None = None
     metrics: HostMetrics | None = None
+    webhooks: WebhookRegistry | None = None
     deliveries: Dispatcher | None = None
     """The webhook dispatcher (None where webhooks are not delivered, as in some tests)."""
     started_at: datetime = field(default_factory=utc_now)
@@ -107,6 +111,8 @@ _DOCUMENTED_IN_ORDER = (
     sessions,
     messages,
     catalogue,  # before the webhook routes: /webhooks/events is not a webhook id
+    webhooks,
+    events,
 )
 _BUSIEST = (messages, sessions, templates)
 _MATCHED_IN_ORDER = _BUSIEST + tuple(m for m in _DOCUMENTED_IN_ORDER if m not in _BUSIEST)

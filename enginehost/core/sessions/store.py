@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapper
 from sqlmodel import Session, col, or_, select
 
+from enginehost.core.db.after_commit import after_commit
 from enginehost.core.db.database import Database
 from enginehost.core.engine import utc_now
 from enginehost.core.errors import ServiceError
@@ -416,11 +417,16 @@ class SessionStore:
     async def delete(self, session_id: str) -> bool:
         """Delete a session row; False when there was none (deleting twice is fine)."""
 
+        outbox = self._outbox
+
         def work(session: Session) -> bool:
             record = session.get(SessionRecord, session_id)
             if record is None:
                 return False
             session.delete(record)
+            if outbox is not None:
+                # The database deletes the session's webhooks with it; so must the index.
+                after_commit(session, lambda: outbox.index.remove_session(session_id))
             return True
 
         try:

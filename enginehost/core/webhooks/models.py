@@ -61,8 +61,9 @@ class WebhookRecord(DataModel, table=True):
     events: list[str] = data_json_field(default_factory=list, nullable=False)
     """Event names, or ``["*"]`` for all."""
     filters: dict[str, Any] = data_json_field(default_factory=dict, nullable=False)
-    secret: str | None = Field(default=None, max_length=512)
-    headers: dict[str, str] = data_json_field(default_factory=dict, nullable=False)
+    # Kept out of repr: a logged or printed record must not show them.
+    secret: str | None = Field(default=None, max_length=512, repr=False)
+    headers: dict[str, str] = data_json_field(default_factory=dict, nullable=False, repr=False)
     active: bool = Field(default=True)
     retry_count: int | None = Field(default=None)
     """Retries after the first attempt; None: the host's setting."""
