@@ -39,7 +39,9 @@ from enginehost import (
     OwnMessageEvent,
     PairingCodeEvent,
     QrEvent,
+    ReactionEvent,
     ReadyEvent,
+    RevokeEvent,
     SessionInfo,
 )
 from enginehost.core.engine import CAPABILITY_METHODS, Engine
@@ -804,7 +806,7 @@ async def test_forward(tmp_path: Path, services: HostServices) -> None:
 
 
 @pytest.mark.anyio
-async def test_react_and_delete_validate_and_emit_nothing(
+async def test_react_and_delete_validate_and_report_the_own_action(
     tmp_path: Path, services: HostServices
 ) -> None:
     plugin = await enabled_plugin(tmp_path, services, ack_delay_seconds=10)
@@ -820,7 +822,13 @@ async def test_react_and_delete_validate_and_emit_nothing(
         assert engine.reactions == {}
         await engine.delete_message(PEER, sent.message_id)
         assert engine.deleted == {sent.message_id}
-        assert len(sink.events) == before
+        # As real engines do, the account's own actions come back as events.
+        own = engine.own_id
+        assert sink.events[before:] == [
+            ReactionEvent(PEER, inbound.message_id, "👍", sender=own, from_me=True),
+            ReactionEvent(PEER, inbound.message_id, "", sender=own, from_me=True),
+            RevokeEvent(PEER, sent.message_id, sender=own, from_me=True),
+        ]
 
         with pytest.raises(EngineError, match="never sent or received"):
             await engine.react(PEER, "3EB0UNKNOWN", "👍")
@@ -828,6 +836,24 @@ async def test_react_and_delete_validate_and_emit_nothing(
             await engine.delete_message(PEER, "SBUNKNOWN")
         with pytest.raises(EngineError, match="was deleted"):
             await engine.react(PEER, sent.message_id, "👍")
+        assert len(sink.events) == before + 3
+
+
+@pytest.mark.anyio
+async def test_the_other_side_reacts_and_revokes(tmp_path: Path, services: HostServices) -> None:
+    plugin = await enabled_plugin(tmp_path, services, ack_delay_seconds=10)
+    sink = Recorder()
+    async with ready_engine(plugin, sink) as engine:
+        inbound = await engine.receive_text(PEER, "nice")
+        before = len(sink.events)
+        await engine.receive_reaction(PEER, inbound.message_id, "❤")
+        await engine.receive_revoke(PEER, inbound.message_id)
+        assert sink.events[before:] == [
+            ReactionEvent(PEER, inbound.message_id, "❤", sender=PEER),
+            RevokeEvent(PEER, inbound.message_id, sender=PEER),
+        ]
+        with pytest.raises(EngineError, match="never sent or received"):
+            await engine.receive_reaction(PEER, "3EB0UNKNOWN", "❤")
 
 
 @pytest.mark.anyio

@@ -145,7 +145,7 @@ def small_limits(api: ApiHarness, **options: Any) -> SendService:
     service = SendService(
         api.state.manager,
         api.state.plugins,
-        MessageStore(api.databases.data),
+        MessageStore(api.databases.data, bus=api.state.bus),
         api.state.templates,
         **{"allow_private_networks": True, **options},
     )
@@ -880,7 +880,7 @@ async def test_a_send_publishes_message_sent_once_under_its_own_row(
         # The engine echoed the send while it was in progress: the echo is the send's
         # row, not a row of its own that a merge deletes later.
         assert (event.data["id"], event.data["messageId"]) == (sent["id"], sent["messageId"])
-        assert event.data["message"].body == "x" and event.data["message"].from_me is True
+        assert event.data["body"] == "x" and event.data["fromMe"] is True
         with anyio.move_on_after(0.3):
             extra = await events.get()
             pytest.fail(f"a second message.sent: {extra}")

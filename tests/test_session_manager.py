@@ -126,7 +126,7 @@ async def host(data_db: Any, tmp_path: Path, **settings: Any) -> AsyncIterator[H
     subscription = bus.subscribe(maxsize=10_000)
     events: list[HostEvent] = []
     engines = Engines(sandbox, Script())
-    messages = MessageStore(data_db)
+    messages = MessageStore(data_db, bus=bus)
     manager = SessionManager(store, engines, bus, config, messages)
 
     async def collect() -> None:

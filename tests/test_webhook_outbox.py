@@ -376,19 +376,45 @@ async def test_session_status_is_staged_with_the_transition(data_db: Any) -> Non
 
 
 async def test_filters_and_event_lists_choose_what_is_staged(data_db: Any) -> None:
-    with receiver() as hook:
-        async with host(data_db) as h:
-            session = await h.sessions.create("kappa", engine="sandbox")
-            await h.webhook(
-                hook.url,
-                session.id,
-                events=["message.received"],
-                filters={"chatIds": ["222@c.us"]},
-            )
-            await h.messages.store_engine_messages(
-                [(session.id, m) for m in inbound(2, "111@c.us") + inbound(2, "222@c.us")]
-            )
-            await h.sessions.transition(session.id, "ready")
-            rows = await h.outbox_rows()
-            await hook.arrived(2)
+    async with host(data_db, run=False) as h:  # nothing delivered: the rows stay
+        session = await h.sessions.create("kappa", engine="sandbox")
+        await h.webhook(
+            "http://127.0.0.1:9/hook",
+            session.id,
+            events=["message.received"],
+            filters={"chatIds": ["222@c.us"]},
+        )
+        await h.messages.store_engine_messages(
+            [(session.id, m) for m in inbound(2, "111@c.us") + inbound(2, "222@c.us")]
+        )
+        await h.sessions.transition(session.id, "ready")
+        rows = await h.outbox_rows()
     assert [json.loads(r["body"])["data"]["chatId"] for r in rows] == ["222@c.us"] * 2
+    assert {r["event"] for r in rows} == {"message.received"}
+
+
+async def test_a_receiver_that_keeps_failing_is_paused_as_a_whole(data_db: Any) -> None:
+    """Ten chats of one webhook all failing: after the first wave, no lane hammers the
+    receiver on its own schedule; the webhook waits as one (and healthy ones go on)."""
+    with receiver(lambda _: (503, {}, b"down")) as down, receiver() as up:
+        async with host(data_db, webhook_retry_base=0.5, webhook_retry_cap=2.0) as h:
+            session = await h.sessions.create("lambda", engine="sandbox")
+            await h.webhook(down.url, session.id, events=["message.received"])
+            await h.webhook(up.url, session.id, events=["message.received"])
+            chats = [f"{n}00@c.us" for n in range(1, 11)]
+            messages = [m for chat in chats for m in inbound(1, chat)]
+            await h.messages.store_engine_messages([(session.id, m) for m in messages])
+            await up.arrived(10)
+            first_wave = len(down.requests)
+            await anyio.sleep(1.0)
+            later = len(down.requests) - first_wave
+    assert 1 <= first_wave <= 10
+    # Without the pause each of ten lanes would retry within 0.5 s (one to two tries
+    # each); paused, the webhook makes at most one probe meanwhile.
+    assert later <= 1, later
+
+
+def test_secrets_stay_out_of_a_webhook_s_repr() -> None:
+    record = WebhookRecord(url="http://x", events=["*"], secret="TOP-SECRET", headers={"A": "HV"})
+    for text in (repr(record), str(record)):
+        assert "TOP-SECRET" not in text and "HV" not in text

@@ -61,7 +61,9 @@ __all__ = [
     "OwnMessageEvent",
     "PairingCodeEvent",
     "QrEvent",
+    "ReactionEvent",
     "ReadyEvent",
+    "RevokeEvent",
     "SendResult",
     "SessionInfo",
     "UnsupportedOperationError",
@@ -316,6 +318,33 @@ class AckEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeEvent:
+    """A message was deleted for everyone, by its author or by this account.
+
+    ``message_id`` is the deleted message's id; ``sender`` who deleted it, when known.
+    """
+
+    kind: ClassVar[str] = "revoke"
+    chat_id: str
+    message_id: str
+    sender: str | None = None
+    from_me: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionEvent:
+    """Someone (or this account, ``from_me``) reacted to a message; an empty ``emoji``
+    means the reaction was taken back."""
+
+    kind: ClassVar[str] = "reaction"
+    chat_id: str
+    message_id: str
+    emoji: str
+    sender: str | None = None
+    from_me: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """Something went wrong that is worth surfacing but did not end the connection."""
 
@@ -333,6 +362,8 @@ EngineEvent: TypeAlias = (
     | MessageEvent
     | OwnMessageEvent
     | AckEvent
+    | RevokeEvent
+    | ReactionEvent
     | ErrorEvent
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from enginehost.core.engine import EngineMessage
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import get_logger
 from enginehost.core.plugins import PluginHost
@@ -45,10 +46,10 @@ async def _forward(event: HostEvent, plugins: PluginHost) -> None:
             new_status=data["status"],
             reason=data.get("reason"),
         )
-    elif event.type == "message.received" and "message" in data:
+    elif event.type == "message.received" and isinstance(event.subject, EngineMessage):
         await plugins.call_hook(
             "message_received",
             session_id=event.session_id,
             session_name=data.get("sessionName", ""),
-            message=data["message"],
+            message=event.subject,
         )

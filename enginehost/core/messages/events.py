@@ -1,16 +1,26 @@
-"""Message events staged in the message store's own transactions (the webhook outbox).
+"""Message events, produced where the change is made: in the message store's writes.
 
 The store calls these from inside its write operations, right after the statement that
-made the change, so each event is written with its change or not at all (see
-:mod:`enginehost.core.webhooks.outbox`). Without an outbox, or with no webhook that wants
-an event, they do nothing and build nothing: the hot paths pay a check per batch.
+made the change. Each event is built once (its payload from the catalogue,
+:mod:`enginehost.core.webhooks.catalogue`) and goes two ways:
+
+* its webhook deliveries are staged in the same transaction (see
+  :mod:`enginehost.core.webhooks.outbox`), so they exist exactly when the change does;
+* it is published on the event bus once the transaction has committed (live streams,
+  plugin hooks, metrics), never for a change that rolled back.
+
+So webhooks and live consumers see the same events with the same data. Without a bus
+and with no webhook wanting an event, nothing is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from enginehost.core.db.after_commit import after_commit
+from enginehost.core.engine import EngineMessage
+from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.messages.models import MessageRecord
 from enginehost.core.webhooks.catalogue import ack_payload, message_payload
 
@@ -21,79 +31,90 @@ __all__ = ["MessageEvents"]
 
 _COLUMNS = tuple(MessageRecord.model_fields)
 
+# (event, session id, payload, lane, subject)
+_Event = tuple[str, str, dict[str, Any], str, Any]
+
 
 def _row(record: MessageRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in _COLUMNS}
 
 
 class MessageEvents:
-    """Stages ``message.*`` events for one store (see the module docs)."""
+    """Produces ``message.*`` events for one store (see the module docs)."""
 
-    def __init__(self, outbox: Outbox | None) -> None:
+    def __init__(self, outbox: Outbox | None, bus: EventBus | None) -> None:
         self._outbox = outbox
+        self._bus = bus
 
     @property
     def active(self) -> bool:
-        """Whether any webhook is registered at all (else nothing is ever staged)."""
-        return self._outbox is not None and bool(self._outbox.index)
+        """Whether anyone may want an event (else callers need not prepare any)."""
+        return self._bus is not None or (self._outbox is not None and bool(self._outbox.index))
 
-    def received(self, target: Any, items: Sequence[tuple[MessageRecord, str | None]]) -> None:
+    def received(self, target: Any, items: Sequence[tuple[MessageRecord, EngineMessage]]) -> None:
         """``message.received`` for new messages an engine reported."""
-        outbox = self._outbox
-        if outbox is None or not outbox.index or not items:
+        if not items or not self.active:
             return
-        outbox.stage_many(
+        self._emit(
             target,
             [
                 (
                     "message.received",
                     record.session_id,
-                    self._message(record, sender),
+                    self._message(record, message.sender),
                     record.chat_id,
+                    message,
                 )
-                for record, sender in items
+                for record, message in items
             ],
         )
 
     def sent(self, target: Any, record: MessageRecord, *, sender: str | None = None) -> None:
         """``message.sent``: a send reached the server, or an own message appeared."""
-        self._one(target, "message.sent", record, sender)
+        if self.active:
+            data = self._message(record, sender)
+            self._emit(target, [("message.sent", record.session_id, data, record.chat_id, None)])
 
     def failed(self, target: Any, record: MessageRecord) -> None:
         """``message.failed``: a send failed (or was pending when the host died)."""
-        self._one(target, "message.failed", record, None)
+        if self.active:
+            data = self._message(record, None)
+            self._emit(target, [("message.failed", record.session_id, data, record.chat_id, None)])
 
     def ack(self, target: Any, session_id: str, message_id: str, row: Mapping[str, Any]) -> None:
         """``message.ack``: an ack moved a message's status forward."""
-        outbox = self._outbox
-        if outbox is None or not outbox.index:
+        if not self.active:
             return
-        outbox.stage(
-            target,
-            "message.ack",
-            session_id,
-            lambda: ack_payload(
-                session_name=outbox.session_name(session_id),
-                id=row["id"],
-                chat_id=row["chat_id"],
-                message_id=message_id,
-                status=row["status"],
-                from_me=bool(row["from_me"]),
-            ),
-            lane=row["chat_id"],
+        data = ack_payload(
+            session_name=self._name(session_id),
+            id=row["id"],
+            chat_id=row["chat_id"],
+            message_id=message_id,
+            status=row["status"],
+            from_me=bool(row["from_me"]),
+        )
+        self._emit(target, [("message.ack", session_id, data, row["chat_id"], None)])
+
+    def _emit(self, target: Any, events: list[_Event]) -> None:
+        outbox = self._outbox
+        if outbox is not None and outbox.index:
+            outbox.stage_many(target, [(e[0], e[1], e[2], e[3]) for e in events])
+        bus = self._bus
+        if bus is not None:
+            after_commit(target, _publisher(bus, events))
+
+    def _message(self, record: MessageRecord, sender: str | None) -> dict[str, Any]:
+        return message_payload(
+            _row(record), session_name=self._name(record.session_id), sender=sender
         )
 
-    def _one(self, target: Any, event: str, record: MessageRecord, sender: str | None) -> None:
-        outbox = self._outbox
-        if outbox is None or not outbox.index:
-            return
-        outbox.stage(
-            target, event, record.session_id, self._message(record, sender), lane=record.chat_id
-        )
+    def _name(self, session_id: str) -> str:
+        return self._outbox.session_name(session_id) if self._outbox is not None else ""
 
-    def _message(self, record: MessageRecord, sender: str | None) -> Any:
-        outbox = self._outbox
-        assert outbox is not None
-        return lambda: message_payload(
-            _row(record), session_name=outbox.session_name(record.session_id), sender=sender
-        )
+
+def _publisher(bus: EventBus, events: list[_Event]) -> Callable[[], None]:
+    def publish() -> None:
+        for event, session_id, data, _, subject in events:
+            bus.publish(HostEvent(type=event, session_id=session_id, data=data, subject=subject))
+
+    return publish

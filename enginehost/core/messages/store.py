@@ -76,6 +76,7 @@ from enginehost.core.messages.models import (
 from enginehost.core.messages.status import AckedMessage, KnownStatus, advance
 
 if TYPE_CHECKING:
+    from enginehost.core.events import EventBus
     from enginehost.core.webhooks.outbox import Outbox
 
 __all__ = [
@@ -587,10 +588,16 @@ class MessageStore:
     """
 
     def __init__(
-        self, database: Database, *, max_batch: int = 256, outbox: Outbox | None = None
+        self,
+        database: Database,
+        *,
+        max_batch: int = 256,
+        outbox: Outbox | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self._database = database
-        self._announce = MessageEvents(outbox)
+        # message.* events: staged for webhooks with each change, published once committed.
+        self._announce = MessageEvents(outbox, bus)
         # Stores of one database share its write queue (see the module docs).
         self._writer = _writer_for(database, max_batch)
         self._sql = self._writer.sql
@@ -819,7 +826,7 @@ class MessageStore:
             if own:
                 announce.sent(connection, record, sender=message.sender)
             else:
-                announce.received(connection, [(record, message.sender)])
+                announce.received(connection, [(record, message)])
             return record, True
 
         record, created = await self._writes.submit(work)
@@ -848,12 +855,12 @@ class MessageStore:
         is how a re-fired event stays harmless. Early acks of own messages are applied.
         """
         rows: dict[tuple[str, str], dict[str, Any]] = {}
-        senders: dict[tuple[str, str], str | None] = {}
+        messages: dict[tuple[str, str], EngineMessage] = {}
         for session_id, message in items:
             values = _engine_values(session_id, message, own=False)
             key = (session_id, values["message_id"])
             if key not in rows:
-                rows[key], senders[key] = values, message.sender
+                rows[key], messages[key] = values, message
         if not rows:
             return set()
         sql, writer, announce = self._sql, self._writer, self._announce
@@ -871,7 +878,7 @@ class MessageStore:
             if announce.active:
                 announce.received(
                     connection,
-                    [(_record(rows[(s, m)]), senders[(s, m)]) for s, m, _ in inserted],
+                    [(_record(rows[(s, m)]), messages[(s, m)]) for s, m, _ in inserted],
                 )
             return {(session_id, message_id) for session_id, message_id, _ in inserted}
 

@@ -40,11 +40,12 @@ from enginehost.core.engine import (
     EngineMessage,
     ErrorEvent,
     MessageEvent,
-    MessageType,
     OwnMessageEvent,
     PairingCodeEvent,
     QrEvent,
+    ReactionEvent,
     ReadyEvent,
+    RevokeEvent,
     SessionInfo,
     utc_now,
 )
@@ -52,8 +53,7 @@ from enginehost.core.errors import ServiceError
 from enginehost.core.events import EventBus, HostEvent
 from enginehost.core.logging import bind_session, get_logger
 from enginehost.core.messages.inbound import InboundWriter
-from enginehost.core.messages.models import MessageRecord
-from enginehost.core.messages.store import MessageStore
+from enginehost.core.messages.store import MessageNotFoundError, MessageStore
 from enginehost.core.sessions.echoes import EchoGate, SendInProgress
 from enginehost.core.sessions.models import SessionRecord
 from enginehost.core.sessions.reconnect import ReconnectPolicy
@@ -64,7 +64,9 @@ from enginehost.core.webhooks.catalogue import (
     authenticated_payload,
     disconnected_payload,
     qr_payload,
+    reaction_payload,
     reconnect_loop_payload,
+    revoked_payload,
     session_status_payload,
 )
 
@@ -132,12 +134,13 @@ class _Live:
     attempt: int = 0
     qr: str | None = None
     pairing_code: str | None = None
-    own_id: str | None = None
-    """The account's own chat id, as the engine reported it when ready."""
     last_active_written: float = 0.0
     final_status: SessionStatus = SessionStatus.DISCONNECTED
     final_reason: str | None = None
     teardown_problem: str | None = None
+
+
+_MESSAGE_EVENTS = (MessageEvent, OwnMessageEvent, AckEvent, RevokeEvent, ReactionEvent)
 
 
 class SessionManager:
@@ -464,7 +467,9 @@ class SessionManager:
             if self._live.get(live.session_id) is not live or live.engine is not engine:
                 log.debug("session.stale_event_ignored", kind=event.kind)
                 return
-            if live.ended.is_set():
+            # Once the connection is ending, its status events change nothing; messages
+            # it still reports (until its teardown is over) are real and are stored.
+            if live.ended.is_set() and not isinstance(event, _MESSAGE_EVENTS):
                 return
             try:
                 await self._on_event(live, event)
@@ -489,7 +494,6 @@ class SessionManager:
             )
         elif isinstance(event, ReadyEvent):
             live.visible, live.ready_since = True, time.monotonic()
-            live.own_id = event.own_id
             live.qr = live.pairing_code = None
             phone = event.own_id.split("@", 1)[0].split(":", 1)[0]
             await self._transition(
@@ -521,6 +525,9 @@ class SessionManager:
         elif isinstance(event, MessageEvent | OwnMessageEvent | AckEvent):
             await self._on_message_event(live, event)
             return
+        elif isinstance(event, RevokeEvent | ReactionEvent):
+            await self._on_message_action(live, event)
+            return
         elif isinstance(event, ErrorEvent):
             log.warning("session.engine_error", error=event.message, code=event.code)
             await self._store.update(live.session_id, last_error=event.message)
@@ -531,52 +538,59 @@ class SessionManager:
     async def _on_message_event(
         self, live: _Live, event: MessageEvent | OwnMessageEvent | AckEvent
     ) -> None:
-        """Store a message or an ack (re-fired events are harmless), then publish it."""
+        """Store a message or an ack (re-fired events are harmless). The store announces
+        what changed (``message.*`` events), once it is committed."""
         if self._messages is None:
             return
         await self._touch_last_active(live)
         if isinstance(event, AckEvent):
-            updated = await self._messages.apply_ack(
-                live.session_id, event.message_id, event.status
-            )
-            if updated is not None:
-                self._publish(
-                    live,
-                    "message.ack",
-                    {"messageId": event.message_id, "status": updated.status, "id": updated.id},
-                )
+            await self._messages.apply_ack(live.session_id, event.message_id, event.status)
             return
         if isinstance(event, MessageEvent) and self._inbound is not None:
             # Group-committed with every other engine's inbound messages.
-            if await self._inbound.write(live.session_id, event.message):
-                self._publish(
-                    live,
-                    "message.received",
-                    {"message": event.message, "messageId": event.message.message_id},
-                )
+            await self._inbound.write(live.session_id, event.message)
             return
         # An echo of a send still in progress waits for it (see sending()).
         if not self._echoes.hold(live.session_id, live.name, event.message):
-            await self._store_own(live.session_id, live.name, event.message)
+            await self._store_own(live.session_id, event.message)
 
-    async def _store_own(self, session_id: str, name: str, message: EngineMessage) -> None:
+    async def _on_message_action(self, live: _Live, event: RevokeEvent | ReactionEvent) -> None:
+        """Announce a revoke or a reaction, naming the message's record when it has one
+        (stored rows are left as they are: the event is the news)."""
+        record_id: str | None = None
+        if self._messages is not None:
+            try:
+                record = await self._messages.by_message_id(live.session_id, event.message_id)
+                record_id = record.id
+            except MessageNotFoundError:
+                pass  # a message from before the host knew the session, say
+        if isinstance(event, RevokeEvent):
+            data = revoked_payload(
+                session_name=live.name,
+                chat_id=event.chat_id,
+                message_id=event.message_id,
+                id=record_id,
+                sender=event.sender,
+                from_me=event.from_me,
+            )
+            await self._announce(live, "message.revoked", data, lane=event.chat_id)
+        else:
+            data = reaction_payload(
+                session_name=live.name,
+                chat_id=event.chat_id,
+                message_id=event.message_id,
+                id=record_id,
+                emoji=event.emoji,
+                sender=event.sender,
+                from_me=event.from_me,
+            )
+            await self._announce(live, "message.reaction", data, lane=event.chat_id)
+
+    async def _store_own(self, session_id: str, message: EngineMessage) -> None:
         """Store an own message one by one (the store merges it with a send that stored
-        its id meanwhile) and publish ``message.sent`` if it is new."""
+        its id meanwhile, and announces ``message.sent`` if it is new)."""
         assert self._messages is not None
-        record, created = await self._messages.store_own(session_id, message)
-        if created:
-            self._publish_sent(session_id, name, message, record)
-
-    def _publish_sent(
-        self, session_id: str, name: str, message: EngineMessage, record: MessageRecord
-    ) -> None:
-        data = {
-            "sessionName": name,
-            "message": message,
-            "id": record.id,
-            "messageId": record.message_id,
-        }
-        self._bus.publish(HostEvent(type="message.sent", session_id=session_id, data=data))
+        await self._messages.store_own(session_id, message)
 
     @asynccontextmanager
     async def sending(self, session: SessionRecord) -> AsyncIterator[SendInProgress]:
@@ -584,23 +598,18 @@ class SessionManager:
 
         Own messages the engine reports meanwhile are held (see
         :mod:`~enginehost.core.sessions.echoes`). At the end the send's own echo is
-        dropped, its row being the message, and ``message.sent`` is published once for
-        it if the caller set ``record`` (the row marked sent); the other echoes are
-        stored as usual. Run it shielded from cancellation: the end must run.
+        dropped, its row being the message (whose ``message.sent`` the store announces
+        when it marks the row sent); the other echoes are stored as usual. Run it
+        shielded from cancellation: the end must run.
         """
         send = self._echoes.begin(session.id)
         try:
             yield send
         finally:
             ended = self._echoes.end(send)
-            record = send.record
-            if record is not None and record.message_id is not None:
-                live = self._live.get(session.id)
-                echo = ended.echo or _as_engine_message(record, live.own_id if live else None)
-                self._publish_sent(session.id, session.name, echo, record)
             for held in ended.released:
                 try:
-                    await self._store_own(held.session_id, held.session_name, held.message)
+                    await self._store_own(held.session_id, held.message)
                 except Exception as exc:  # the send itself is done: report, do not fail it
                     log.error(
                         "session.own_message_failed",
@@ -643,16 +652,9 @@ class SessionManager:
             self._bus.publish(HostEvent(type="session.status", session_id=session_id, data=data))
         return record, previous
 
-    def _publish(self, live: _Live, event_type: str, data: dict[str, Any]) -> None:
-        self._bus.publish(
-            HostEvent(
-                type=event_type,
-                session_id=live.session_id,
-                data={"sessionName": live.name, **data},
-            )
-        )
-
-    async def _announce(self, live: _Live, event_type: str, data: dict[str, Any]) -> None:
+    async def _announce(
+        self, live: _Live, event_type: str, data: dict[str, Any], *, lane: str = ""
+    ) -> None:
         """Publish a session event that changes no row, and stage its webhook deliveries
         in a transaction of their own (awaited: a session's events stay in order)."""
         self._bus.publish(HostEvent(type=event_type, session_id=live.session_id, data=data))
@@ -663,24 +665,9 @@ class SessionManager:
             return
         try:
             await self._messages.writes.submit(
-                lambda connection: outbox.stage(connection, event_type, live.session_id, data)
+                lambda connection: outbox.stage(
+                    connection, event_type, live.session_id, data, lane=lane
+                )
             )
         except Exception as exc:  # the session goes on; the event is logged as lost
             log.error("session.event_not_staged", event=event_type, error=str(exc))
-
-
-def _as_engine_message(record: MessageRecord, own_id: str | None) -> EngineMessage:
-    """A sent row as an engine would have reported it (for an engine that did not echo
-    the send while it was in progress)."""
-    assert record.message_id is not None
-    return EngineMessage(
-        message_id=record.message_id,
-        chat_id=record.chat_id,
-        sender=own_id or "",
-        from_me=True,
-        type=MessageType(record.type),
-        body=record.body,
-        timestamp=record.timestamp,
-        has_media=record.has_media,
-        quoted_message_id=record.quoted_message_id,
-    )

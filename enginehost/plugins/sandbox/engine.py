@@ -42,7 +42,9 @@ from enginehost import (
     OwnMessageEvent,
     PairingCodeEvent,
     QrEvent,
+    ReactionEvent,
     ReadyEvent,
+    RevokeEvent,
     SendResult,
     SessionInfo,
     utc_now,
@@ -476,12 +478,25 @@ class SandboxEngine(Engine):
             self.reactions[message_id] = emoji
         else:
             self.reactions.pop(message_id, None)
+        # Real engines report the account's own reactions back, as the phone's are.
+        await self.emit(
+            ReactionEvent(
+                chat_id=chat_id,
+                message_id=message_id,
+                emoji=emoji,
+                sender=self.own_id,
+                from_me=True,
+            )
+        )
 
     async def delete_message(self, chat_id: str, message_id: str) -> None:
         self._require_ready()
         check_chat_id(chat_id)
         self._known(chat_id, message_id, action="delete")
         self.deleted.add(message_id)
+        await self.emit(
+            RevokeEvent(chat_id=chat_id, message_id=message_id, sender=self.own_id, from_me=True)
+        )
 
     def _require_ready(self) -> None:
         self.require_running()
@@ -591,6 +606,30 @@ class SandboxEngine(Engine):
         self.received.append(message)
         await self.emit(MessageEvent(message=message))
         return message
+
+    async def receive_reaction(
+        self, chat_id: str, message_id: str, emoji: str, *, sender: str | None = None
+    ) -> None:
+        """Play someone reacting to a message of the chat (``""`` takes it back)."""
+        self._require_ready()
+        check_chat_id(chat_id)
+        self._known(chat_id, message_id, action="react to")
+        await self.emit(
+            ReactionEvent(
+                chat_id=chat_id, message_id=message_id, emoji=emoji, sender=sender or chat_id
+            )
+        )
+
+    async def receive_revoke(
+        self, chat_id: str, message_id: str, *, sender: str | None = None
+    ) -> None:
+        """Play the author of a message deleting it for everyone."""
+        self._require_ready()
+        check_chat_id(chat_id)
+        self._known(chat_id, message_id, action="revoke")
+        await self.emit(
+            RevokeEvent(chat_id=chat_id, message_id=message_id, sender=sender or chat_id)
+        )
 
     async def compose_on_phone(self, chat_id: str, text: str) -> EngineMessage:
         """Play the owner typing a message on the phone: emit an :class:`OwnMessageEvent`."""
