@@ -52,9 +52,12 @@ async def _measure(
             data_dir=data_dir / "sandbox",
         )
         store = SessionStore(databases.data)
-        message_store = MessageStore(databases.data)
+        # Wired as the daemon wires it: every stored message is announced on the bus
+        # (and staged for webhooks, of which there are none here).
+        bus = EventBus()
+        message_store = MessageStore(databases.data, bus=bus)
         engines = SandboxEngines(sandbox)
-        manager = SessionManager(store, engines, EventBus(), settings, message_store)
+        manager = SessionManager(store, engines, bus, settings, message_store)
         async with manager.running():
             session_id = await _ready_session(store, manager)
             engine = sandbox.engine_for(session_id)

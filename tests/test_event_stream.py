@@ -418,6 +418,28 @@ async def test_a_revoked_key_loses_its_stream_at_the_next_heartbeat(
         await wait_until(lambda: live.streams == 0)
 
 
+async def test_a_revoked_key_loses_even_a_busy_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that always has events never needs a heartbeat: its key is checked on a
+    clock of its own all the same."""
+    monkeypatch.setattr(events_route, "HEARTBEAT_SECONDS", 0.3)
+    async with live_api(tmp_path) as live:
+        key, secret = await live.api.state.keys.create(name="busy", role="viewer")
+        async with stream(live.client(secret)) as reader, anyio.create_task_group() as tg:
+
+            async def chatter() -> None:
+                for index in range(400):  # bounded: 20 s at most
+                    live.publish("session.status", "s1", status="ready", n=index)
+                    await anyio.sleep(0.05)
+
+            tg.start_soon(chatter)
+            await live.api.state.keys.revoke(key.id)
+            await reader.end()
+            tg.cancel_scope.cancel()
+        await wait_until(lambda: live.streams == 0)
+
+
 async def test_streams_end_when_the_host_shuts_down(tmp_path: Path) -> None:
     async with live_api(tmp_path) as live:
         async with stream(live.client(live.api.admin_secret)) as reader:

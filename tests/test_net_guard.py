@@ -58,6 +58,12 @@ def loopback_server() -> Iterator[int]:
         "fe80::1",
         "fc00::1",
         "::ffff:127.0.0.1",  # loopback, IPv4-mapped
+        "64:ff9b::a9fe:a9fe",  # metadata through NAT64
+        "64:ff9b:1::a00:1",  # 10.0.0.1 through local-use NAT64
+        "2002:7f00:1::",  # loopback in 6to4
+        "2002:a9fe:a9fe::1",  # metadata in 6to4
+        "::7f00:1",  # loopback, IPv4-compatible
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -66,7 +72,10 @@ def test_non_public_addresses_are_refused(address: str) -> None:
     assert AddressPolicy(allow_private=True).refusal("x", ipaddress.ip_address(address)) is None
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1::1"])
+@pytest.mark.parametrize(
+    "address",
+    ["93.184.216.34", "2606:2800:220:1::1", "64:ff9b::5db8:d822", "2002:5db8:d822::1"],
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert AddressPolicy().refusal("example.test", ipaddress.ip_address(address)) is None
 

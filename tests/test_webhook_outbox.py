@@ -17,11 +17,13 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
+from enginehost.core.db.errors import DatabaseUnavailableError
 from enginehost.core.engine import EngineMessage
 from enginehost.core.messages.store import MessageStore
 from enginehost.core.net.guard import AddressPolicy
 from enginehost.core.sessions.store import SessionStore
 from enginehost.core.settings import Settings, load_settings
+from enginehost.core.webhooks import dispatcher as dispatcher_module
 from enginehost.core.webhooks.delivery import WebhookClient
 from enginehost.core.webhooks.dispatcher import Dispatcher
 from enginehost.core.webhooks.matching import WebhookIndex, WebhookSnapshot
@@ -153,7 +155,7 @@ async def test_inbound_messages_are_delivered_signed_and_in_order(data_db: Any) 
                 await h.messages.store_engine_messages([(session.id, message)])
             requests = await hook.arrived(20)
             await until(lambda: h.dispatcher.held() == 0)
-            await until(lambda: not h.dispatcher._known)
+            await until(lambda: h.dispatcher.quiet())
             assert await h.outbox_rows() == []
     assert [b["data"]["messageId"] for b in bodies(requests)] == [m.message_id for m in messages]
     first = requests[0]
@@ -230,7 +232,7 @@ async def test_a_client_error_becomes_a_dead_letter_and_redrive_delivers_it(
             await h.messages.store_engine_messages([(session.id, inbound(1)[0])])
             await hook.arrived(1)
             await until(lambda: h.dispatcher.delivery_outcomes().get("dead_lettered") == 1)
-            await until(lambda: not h.dispatcher._known)
+            await until(lambda: h.dispatcher.quiet())
             letters, total = await h.dispatcher.dead_letters(webhook_id=webhook_id)
             assert total == 1 and letters[0].last_status == 400
             assert "HTTP 400" in (letters[0].last_error or "")
@@ -256,7 +258,7 @@ async def test_attempts_running_out_make_a_dead_letter(data_db: Any) -> None:
             webhook_id = await h.webhook(hook.url, session.id)
             await h.messages.store_engine_messages([(session.id, inbound(1)[0])])
             await until(lambda: h.dispatcher.delivery_outcomes().get("dead_lettered") == 1)
-            await until(lambda: not h.dispatcher._known)
+            await until(lambda: h.dispatcher.quiet())
             letters, _ = await h.dispatcher.dead_letters(webhook_id=webhook_id)
     assert len(hook.requests) == 3
     assert letters[0].attempts == 3
@@ -316,7 +318,7 @@ async def test_undelivered_rows_survive_a_restart(data_db: Any) -> None:
             connection.execute(sa.update(outbox).values(next_attempt_at=None))
         async with host(data_db) as again:
             requests = await up.arrived(3)
-            await until(lambda: not again.dispatcher._known)
+            await until(lambda: again.dispatcher.quiet())
             assert await again.outbox_rows() == []
     assert sorted(r.json()["data"]["chatId"] for r in requests) == ["1@c.us", "2@c.us", "3@c.us"]
     assert all(r.headers["x-openwa-retry-count"] == "1" for r in requests)
@@ -418,3 +420,95 @@ def test_secrets_stay_out_of_a_webhook_s_repr() -> None:
     record = WebhookRecord(url="http://x", events=["*"], secret="TOP-SECRET", headers={"A": "HV"})
     for text in (repr(record), str(record)):
         assert "TOP-SECRET" not in text and "HV" not in text
+
+
+async def test_deliveries_beyond_the_memory_window_are_read_back_in_order(
+    data_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 4 deliveries in memory, 60 over three chats still all arrive, each
+    once (a 2xx answer) and each chat in order, while more keep being written."""
+    monkeypatch.setattr(dispatcher_module, "WINDOW", 4)
+
+    def slowish(_: Received) -> Answer:
+        time.sleep(0.005)
+        return 200, {}, b"ok"
+
+    with receiver(slowish) as hook:
+        async with host(data_db) as h:
+            session = await h.sessions.create("mu", engine="sandbox")
+            await h.webhook(hook.url, session.id, events=["message.received"])
+            chats = ("1@c.us", "2@c.us", "3@c.us")
+            sent = {chat: inbound(20, chat) for chat in chats}
+            for index in range(20):  # written while earlier ones are being read back
+                batch = [(session.id, sent[chat][index]) for chat in chats]
+                await h.messages.store_engine_messages(batch)
+                await anyio.sleep(0.002)
+            requests = await hook.arrived(60)
+            await until(h.dispatcher.quiet)
+            assert await h.outbox_rows() == []
+    assert len(requests) == 60
+    delivered = [b["data"] for b in bodies(requests)]
+    for chat in chats:
+        seen = [d["messageId"] for d in delivered if d["chatId"] == chat]
+        assert seen == [m.message_id for m in sent[chat]]
+
+
+async def test_a_failed_bookkeeping_write_is_written_later(
+    data_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with receiver() as hook:
+        async with host(data_db) as h:
+            session = await h.sessions.create("nu", engine="sandbox")
+            await h.webhook(hook.url, session.id, events=["message.received"])
+            real_submit = h.dispatcher._writes.submit
+            failures = {"left": 1}
+
+            async def flaky_submit(operation: Any) -> Any:
+                # The queue is the data database's, shared: fail the dispatcher's only.
+                if failures["left"] and "_flush_bookkeeping" in operation.__qualname__:
+                    failures["left"] -= 1
+                    raise DatabaseUnavailableError("the database went away for a moment")
+                return await real_submit(operation)
+
+            monkeypatch.setattr(h.dispatcher._writes, "submit", flaky_submit)
+            monkeypatch.setattr(dispatcher_module, "_BOOKKEEPING_RETRY", 0.05)
+            await h.messages.store_engine_messages([(session.id, m) for m in inbound(3)])
+            await hook.arrived(3)
+            await until(h.dispatcher.quiet)
+            assert failures["left"] == 0
+            assert await h.outbox_rows() == []
+
+
+async def test_sessions_reset_at_boot_are_announced(data_db: Any) -> None:
+    async with host(data_db, run=False) as h:
+        session = await h.sessions.create("xi", engine="sandbox")
+        await h.webhook("http://127.0.0.1:9/hook", session.id, events=["session.status"])
+        await h.sessions.transition(session.id, "ready")
+        reset = await h.sessions.reset_in_flight(frozenset({"ready"}), "the host restarted")
+        rows = await h.outbox_rows()
+    assert reset == 1
+    data = [json.loads(r["body"])["data"] for r in rows]
+    assert [(d["previous"], d["status"], d["reason"]) for d in data][-1] == (
+        "ready",
+        "disconnected",
+        "the host restarted",
+    )
+
+
+async def test_redrive_works_in_pages(data_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatcher_module, "REDRIVE_PAGE", 2)
+    answers = {"status": 410}
+    with receiver(lambda _: (answers["status"], {}, b"")) as hook:
+        async with host(data_db) as h:
+            session = await h.sessions.create("omicron", engine="sandbox")
+            webhook_id = await h.webhook(hook.url, session.id, events=["message.received"])
+            await h.messages.store_engine_messages([(session.id, m) for m in inbound(5)])
+            await until(lambda: h.dispatcher.delivery_outcomes().get("dead_lettered") == 5)
+            await until(h.dispatcher.quiet)
+            answers["status"] = 200
+            assert await h.dispatcher.redrive(webhook_id=webhook_id) == 5
+            assert await h.dispatcher.redrive(ids=["nope", "a\x00b"]) == 0
+            assert await h.dispatcher.dead_letters(webhook_id="a\x00b") == ([], 0)
+            await hook.arrived(10)
+            await until(h.dispatcher.quiet)
+            assert await h.dispatcher.dead_letters() == ([], 0)

@@ -17,6 +17,7 @@ Consumers are the plugin hooks, the webhook outbox and live event streams.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import enum
@@ -146,7 +147,10 @@ class Subscription:
         self._maxsize = maxsize
         self._types = types
         self._overflow = overflow
-        self._ready = anyio.Event()
+        # A bare asyncio future, made only while the subscriber waits: the host runs on
+        # asyncio, and an anyio.Event per wait (it looks up the running library each
+        # time) cost more than the rest of handing over an event.
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.dropped = 0
         """Events this subscriber never got: pushed out (``drop_oldest``), or discarded
@@ -176,7 +180,12 @@ class Subscription:
             self._queue.popleft()
             self.dropped += 1
         self._queue.append(event)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def get_nowait(self) -> HostEvent | None:
         return self._queue.popleft() if self._queue else None
@@ -187,14 +196,17 @@ class Subscription:
         while not self._queue:
             if self._closed:
                 raise anyio.EndOfStream
-            self._ready = anyio.Event()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self._queue.popleft()
 
     def close(self) -> None:
         """Stop receiving events (idempotent); events already queued can still be read."""
         self._closed = True
-        self._ready.set()
+        self._wake()
         self._bus._unsubscribe(self)
 
     def __aiter__(self) -> AsyncIterator[HostEvent]:

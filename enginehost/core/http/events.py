@@ -255,11 +255,16 @@ class _EventStream:
             # Anything published from now on reaches this client: say so at once.
             yield _OPENING
             quiet_until = anyio.current_time() + HEARTBEAT_SECONDS
+            # The key is checked again on a clock of its own: a busy stream, which never
+            # needs a heartbeat, must lose its events as soon as its key is revoked.
+            check_key_at = quiet_until
             while not self._state.shutting_down:
                 now = anyio.current_time()
-                if now >= quiet_until:
+                if now >= check_key_at:
                     if not await self._key_still_valid():
                         return
+                    check_key_at = now + HEARTBEAT_SECONDS
+                if now >= quiet_until:
                     yield _KEEP_ALIVE
                     quiet_until = anyio.current_time() + HEARTBEAT_SECONDS
                     continue

@@ -700,7 +700,8 @@ class MessageStore:
             done = sql.mark_sent_plain.first(connection, plain)
             if done is not None:
                 record = _with_early_ack(connection, writer, done)
-                announce.sent(connection, record)
+                if record.status != AckStatus.FAILED:
+                    announce.sent(connection, record)
                 return record
             row = sql.pending_for_sent.first(connection, {"record_id": record_id})
             if row is None:
@@ -735,7 +736,9 @@ class MessageStore:
                 sql.delete.run(connection, {"record_id": echo["id"]})
             values["status"] = status
             record = _record(_one(sql.mark_sent.first(connection, values)))
-            if echo is None:  # a merged echo was announced when it was stored
+            # A merged echo was announced when it was stored; a failed send stays failed
+            # (its message.failed went out).
+            if echo is None and record.status != AckStatus.FAILED:
                 announce.sent(connection, record)
             return record
 

@@ -25,7 +25,13 @@ import anyio
 import httpcore
 import httpx
 
-__all__ = ["AddressPolicy", "RefusedAddressError", "guarded_transport", "parse_address"]
+__all__ = [
+    "AddressPolicy",
+    "RefusedAddressError",
+    "embedded_ipv4",
+    "guarded_transport",
+    "parse_address",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,8 +82,10 @@ class AddressPolicy:
         """Why connecting to ``address`` (resolved from ``host``) is refused, or None."""
         if self.allow_private or host.lower().rstrip(".") in self.hosts:
             return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if isinstance(address, ipaddress.IPv6Address):
+            # ::ffff:127.0.0.1 is 127.0.0.1; so, where a translator or relay carries them,
+            # are the IPv4 addresses inside NAT64, 6to4, Teredo and IPv4-compatible forms.
+            address = embedded_ipv4(address) or address
         if any(address in network for network in self.networks):
             return None
         if address.is_global and not address.is_multicast:
@@ -138,6 +146,27 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is one of the forms that
+    reach an IPv4 host: mapped, NAT64, 6to4, Teredo (its client) or IPv4-compatible."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in network for network in _NAT64):
+        return low32
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # not :: or ::1
+        return low32
+    return None
 
 
 def parse_address(text: str) -> IPAddress:

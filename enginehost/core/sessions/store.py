@@ -440,18 +440,35 @@ class SessionStore:
         """At boot: every session left in a live-only status becomes ``disconnected``
         (its status history keeps the last ``history_limit`` transitions, as for any)."""
 
+        outbox = self._outbox
+
         def work(session: Session) -> int:
             rows = session.exec(
                 select(SessionRecord).where(col(SessionRecord.status).in_(sorted(statuses)))
             ).all()
             now = utc_now()
             for record in rows:
+                previous = record.status
                 entry = {"status": "disconnected", "at": now.isoformat(), "reason": reason}
                 record.status_history = [*record.status_history, entry][-history_limit:]
                 record.status = "disconnected"
                 record.reconnect_attempt = 0
                 record.updated_at = now
                 session.add(record)
+                if outbox is not None:
+                    # Receivers learn of the disconnect the host's death caused.
+                    outbox.stage(
+                        session,
+                        "session.status",
+                        record.id,
+                        session_status_payload(
+                            session_name=record.name,
+                            engine=record.engine,
+                            status="disconnected",
+                            previous=previous,
+                            reason=reason,
+                        ),
+                    )
             return len(rows)
 
         try:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from uuid import uuid4
 import anyio
 import anyio.abc
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from enginehost.core.db.after_commit import after_commit
@@ -50,15 +51,17 @@ from enginehost.core.webhooks.catalogue import envelope_bytes, test_payload
 from enginehost.core.webhooks.delivery import Attempt, AttemptOutcome, WebhookClient
 from enginehost.core.webhooks.matching import WebhookSnapshot
 from enginehost.core.webhooks.models import DeadLetterRecord, OutboxRecord, WebhookRecord
-from enginehost.core.webhooks.outbox import Delivery, Outbox
+from enginehost.core.webhooks.outbox import Delivery, Outbox, idempotency_key
 from enginehost.core.webhooks.retry import RetryPolicy
 
-__all__ = ["WINDOW", "Dispatcher"]
+__all__ = ["REDRIVE_PAGE", "WINDOW", "Dispatcher"]
 
 log = get_logger("enginehost.webhooks")
 
 WINDOW = 20_000
 """Deliveries held in memory per webhook (the rest wait in the table)."""
+REDRIVE_PAGE = 1000
+"""Dead letters put back per transaction."""
 
 _OUTBOX = OutboxRecord.__table__  # type: ignore[attr-defined]
 _DEAD = DeadLetterRecord.__table__  # type: ignore[attr-defined]
@@ -66,6 +69,9 @@ _DEAD = DeadLetterRecord.__table__  # type: ignore[attr-defined]
 _PAUSE_AFTER_FAILURES = 3
 """Consecutive failed attempts to one webhook before the whole webhook pauses."""
 _INACTIVE_POLL = 1.0
+_READ_BACK_RETRY = 1.0
+"""Seconds before reading a webhook's deliveries back again after a database error."""
+_BOOKKEEPING_RETRY = 1.0
 """How often lanes of a deactivated webhook look whether it is active again (s)."""
 _ERROR_MAX = 500
 
@@ -88,9 +94,15 @@ class _Receiver:
     limiter: anyio.CapacityLimiter
     held: int = 0
     """Deliveries of this webhook in memory."""
+    known: set[int] = field(default_factory=set)
+    """Ids held, or settled with their bookkeeping not yet written: a refill skips them."""
+    forget_after_refill: list[int] = field(default_factory=list)
+    """Settled ids written meanwhile: a refill under way may have read them before."""
     spilled: bool = False
     """Some of its deliveries are in the table only (see WINDOW)."""
     refilling: bool = False
+    missed: bool = False
+    """A delivery was left in the table while a refill ran: read back again."""
     failures: int = 0
     paused_until: float = 0.0
 
@@ -113,13 +125,13 @@ class Dispatcher:
         self._settings = settings
         self._lanes: dict[LaneKey, _Lane] = {}
         self._receivers: dict[str, _Receiver] = {}
-        self._known: set[int] = set()
-        """Ids held in memory or settled but not yet written: a refill skips them."""
         self._all = anyio.CapacityLimiter(settings.webhook_concurrency)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._bookkeeping: list[tuple[str, Any]] = []
         self._bookkeeping_wake = anyio.Event()
         self._outcomes: Counter[str] = Counter()
+        dialect_insert = postgresql.insert if database.backend == "postgresql" else sqlite.insert
+        self._insert_dead = dialect_insert(_DEAD).on_conflict_do_nothing(index_elements=["id"])
         self.attempts = 0
         outbox.deliver_to(self.accept)
 
@@ -146,6 +158,11 @@ class Dispatcher:
     def held(self) -> int:
         """Deliveries in memory (for tests and the benchmark)."""
         return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def quiet(self) -> bool:
+        """Nothing held and everything settled written (for tests and the benchmark)."""
+        receivers = self._receivers.values()
+        return not self._bookkeeping and not self.held() and not any(r.known for r in receivers)
 
     # ------------------------------------------------------------------ running
 
@@ -184,6 +201,8 @@ class Dispatcher:
             receiver = self._receiver(delivery.webhook_id)
             if receiver.spilled or receiver.held >= WINDOW:
                 receiver.spilled = True  # it stays in the table; a refill reads it
+                # A refill whose read came before this commit would miss it: read again.
+                receiver.missed = receiver.missed or receiver.refilling
                 continue
             self._hold(delivery, receiver)
 
@@ -194,7 +213,7 @@ class Dispatcher:
             lane = self._lanes[key] = _Lane(key)
         lane.queue.append(delivery)
         receiver.held += 1
-        self._known.add(delivery.id)
+        receiver.known.add(delivery.id)
         self._wake_lane(lane)
 
     def _wake_lane(self, lane: _Lane) -> None:
@@ -265,7 +284,7 @@ class Dispatcher:
             lane.not_before = 0.0
             self._release(lane, receiver)
             self._outcomes["delivered"] += 1
-            self._book("delivered", delivery.id)
+            self._book("delivered", (delivery.webhook_id, delivery.id))
             return
         error = _describe(outcome)
         delivery.last_error = error
@@ -304,8 +323,10 @@ class Dispatcher:
     def _release(self, lane: _Lane, receiver: _Receiver) -> None:
         lane.queue.popleft()
         receiver.held -= 1
+        self._refill_if_due(lane.key[0], receiver)
+
+    def _refill_if_due(self, webhook_id: str, receiver: _Receiver) -> None:
         if receiver.spilled and not receiver.refilling and receiver.held <= WINDOW // 2:
-            webhook_id = lane.key[0]
             receiver.refilling = True
             if self._tasks is not None:
                 self._tasks.start_soon(self._refill, webhook_id)
@@ -315,7 +336,7 @@ class Dispatcher:
         receiver.held -= len(lane.queue)
         self._outcomes["dropped"] += len(lane.queue)
         for delivery in lane.queue:
-            self._known.discard(delivery.id)
+            receiver.known.discard(delivery.id)
         lane.queue.clear()
 
     def _policy(self, webhook: WebhookSnapshot) -> RetryPolicy:
@@ -346,41 +367,56 @@ class Dispatcher:
         return await self._database.run_connection(work, readonly=True)
 
     async def _refill(self, webhook_id: str) -> None:
-        """Read a webhook's deliveries that are in the table only, oldest first."""
+        """Read a webhook's deliveries that are in the table only, oldest first; a
+        database that cannot be read is tried again (the rows wait in the table)."""
         receiver = self._receiver(webhook_id)
         receiver.refilling = True
         try:
-            known = len(self._known)
-            # Rows held or settled-but-unwritten come back too: ask for enough beyond them.
-            limit = WINDOW - receiver.held + known
-            statement = (
-                sa.select(_OUTBOX)
-                .where(_OUTBOX.c.webhook_id == webhook_id)
-                .order_by(_OUTBOX.c.id)
-                .limit(limit)
-            )
-
-            def work(connection: Connection) -> list[dict[str, Any]]:
-                return [dict(row._mapping) for row in connection.execute(statement)]
-
-            rows = await self._database.run_connection(work, readonly=True)
-            now_wall, now = utc_now(), time.monotonic()
-            receiver.spilled = len(rows) >= limit
-            for row in rows:
-                if row["id"] in self._known:
+            while True:
+                receiver.missed = False
+                try:
+                    await self._read_back(webhook_id, receiver)
+                except Exception as exc:
+                    log.error("webhooks.read_back_failed", webhook_id=webhook_id, error=str(exc))
+                    await anyio.sleep(_READ_BACK_RETRY)
                     continue
-                if receiver.held >= WINDOW:
-                    receiver.spilled = True
-                    break
-                delivery = Delivery.of_row(row)
-                self._hold(delivery, receiver)
-                due = row["next_attempt_at"]
-                if due is not None and due > now_wall:
-                    lane = self._lanes[(delivery.webhook_id, delivery.session_id, delivery.lane)]
-                    wait = (due - now_wall).total_seconds()
-                    lane.not_before = max(lane.not_before, now + wait)
+                if not receiver.missed:
+                    return
         finally:
             receiver.refilling = False
+            for record_id in receiver.forget_after_refill:
+                receiver.known.discard(record_id)
+            receiver.forget_after_refill.clear()
+
+    async def _read_back(self, webhook_id: str, receiver: _Receiver) -> None:
+        # Rows held or settled-but-unwritten come back too: ask for enough beyond them.
+        limit = WINDOW - receiver.held + len(receiver.known)
+        statement = (
+            sa.select(_OUTBOX)
+            .where(_OUTBOX.c.webhook_id == webhook_id)
+            .order_by(_OUTBOX.c.id)
+            .limit(limit)
+        )
+
+        def work(connection: Connection) -> list[dict[str, Any]]:
+            return [dict(row._mapping) for row in connection.execute(statement)]
+
+        rows = await self._database.run_connection(work, readonly=True)
+        now_wall, now = utc_now(), time.monotonic()
+        receiver.spilled = len(rows) >= limit
+        for row in rows:
+            if row["id"] in receiver.known:
+                continue
+            if receiver.held >= WINDOW:
+                receiver.spilled = True
+                break
+            delivery = Delivery.of_row(row)
+            self._hold(delivery, receiver)
+            due = row["next_attempt_at"]
+            if due is not None and due > now_wall:
+                lane = self._lanes[(delivery.webhook_id, delivery.session_id, delivery.lane)]
+                wait = (due - now_wall).total_seconds()
+                lane.not_before = max(lane.not_before, now + wait)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -394,9 +430,9 @@ class Dispatcher:
             self._bookkeeping_wake = anyio.Event()
             try:
                 await self._flush_bookkeeping()
-            except Exception as exc:  # retried with the next wake-up; never lost silently
+            except Exception as exc:  # the batch went back to the queue: try again later
                 log.error("webhooks.bookkeeping_failed", error=str(exc))
-                await anyio.sleep(1)
+                await anyio.sleep(_BOOKKEEPING_RETRY)
                 self._bookkeeping_wake.set()
 
     async def _flush_bookkeeping(self) -> None:
@@ -404,7 +440,7 @@ class Dispatcher:
             return
         batch, self._bookkeeping = self._bookkeeping, []
         now = utc_now()
-        delivered: list[int] = []
+        delivered: list[tuple[str, int]] = []
         failed: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
         for kind, item in batch:
@@ -461,16 +497,27 @@ class Dispatcher:
                     if d["webhook_id"] in alive
                 ]
                 if letters:
-                    connection.execute(sa.insert(_DEAD), letters)
-            gone = delivered + [d["record_id"] for d in dead]
+                    # Idempotent: a batch written again after a failure adds no twin.
+                    connection.execute(self._insert_dead, letters)
+            gone = [record_id for _, record_id in delivered] + [d["record_id"] for d in dead]
             for chunk in _chunks(gone, 500):
                 connection.execute(sa.delete(_OUTBOX).where(_OUTBOX.c.id.in_(chunk)))
 
-        await self._writes.submit(work)
-        for record_id in delivered:
-            self._known.discard(record_id)
-        for item in dead:
-            self._known.discard(item["record_id"])
+        try:
+            await self._writes.submit(work)
+        except BaseException:
+            # Nothing of it was written: it goes first in the next attempt.
+            self._bookkeeping[:0] = batch
+            raise
+        settled = delivered + [(d["webhook_id"], d["record_id"]) for d in dead]
+        for webhook_id, record_id in settled:
+            receiver = self._receivers.get(webhook_id)
+            if receiver is None:
+                continue
+            if receiver.refilling:  # its read may predate this write: forget after it
+                receiver.forget_after_refill.append(record_id)
+            else:
+                receiver.known.discard(record_id)
 
     # ------------------------------------------------------------------ admin
 
@@ -478,11 +525,12 @@ class Dispatcher:
         """Send a ``webhook.test`` event to ``webhook`` once, now (no retry, no outbox)."""
         snapshot = WebhookSnapshot.of(webhook)
         delivery_id = str(uuid4())
+        key = idempotency_key(snapshot.id, delivery_id)
         body = envelope_bytes(
             event="webhook.test",
             timestamp=utc_now(),
             session_id=snapshot.session_id,
-            idempotency_key=str(uuid4()).replace("-", ""),
+            idempotency_key=key,
             delivery_id=delivery_id,
             data=test_payload(
                 webhook_id=snapshot.id, message="This is a test delivery from enginehost."
@@ -492,7 +540,7 @@ class Dispatcher:
             url=snapshot.url,
             body=body,
             event="webhook.test",
-            idempotency_key=delivery_id.replace("-", ""),
+            idempotency_key=key,
             delivery_id=delivery_id,
             retry_count=0,
             secret=snapshot.secret,
@@ -509,6 +557,8 @@ class Dispatcher:
         offset: int = 0,
     ) -> tuple[list[DeadLetterRecord], int]:
         """Dead letters, newest first, and how many match in all."""
+        if not _searchable(webhook_id, session_id):
+            return [], 0  # a NUL byte: no stored id has one (and PostgreSQL refuses it)
         conditions = []
         if webhook_id is not None:
             conditions.append(_DEAD.c.webhook_id == webhook_id)
@@ -531,13 +581,42 @@ class Dispatcher:
 
     async def redrive(self, *, ids: list[str] | None = None, webhook_id: str | None = None) -> int:
         """Put dead letters back into the outbox (all of them when neither is given):
-        the same body and idempotency key, attempts from zero; how many."""
+        the same body and idempotency key, attempts from zero; how many.
+
+        In pages of :data:`REDRIVE_PAGE` letters, a transaction each: re-driving
+        thousands must not hold the data database's write queue for long."""
+        if not _searchable(webhook_id):
+            return 0
+        pages: list[list[str] | None]
+        if ids is not None:
+            pages = list(_chunks([i for i in ids if _searchable(i)], REDRIVE_PAGE))
+        else:
+            pages = [None]
+        count = 0
+        for page in pages:
+            while True:
+                moved = await self._writes.submit(self._redrive_page(page, webhook_id))
+                count += moved
+                if page is not None or moved < REDRIVE_PAGE:
+                    break
+        if count:
+            log.info("webhooks.redriven", count=count)
+        return count
+
+    def _redrive_page(
+        self, ids: list[str] | None, webhook_id: str | None
+    ) -> Callable[[Connection], int]:
         conditions = []
         if ids is not None:
             conditions.append(_DEAD.c.id.in_(ids))
         if webhook_id is not None:
             conditions.append(_DEAD.c.webhook_id == webhook_id)
-        select = sa.select(_DEAD).where(*conditions).order_by(_DEAD.c.created_at, _DEAD.c.id)
+        select = (
+            sa.select(_DEAD)
+            .where(*conditions)
+            .order_by(_DEAD.c.created_at, _DEAD.c.id)
+            .limit(REDRIVE_PAGE)
+        )
         outbox = self._outbox
 
         def work(connection: Connection) -> int:
@@ -562,16 +641,17 @@ class Dispatcher:
                 for letter in letters
             ]
             connection.execute(sa.insert(_OUTBOX), rows)
-            for chunk in _chunks([letter["id"] for letter in letters], 500):
-                connection.execute(sa.delete(_DEAD).where(_DEAD.c.id.in_(chunk)))
+            taken = [letter["id"] for letter in letters]
+            connection.execute(sa.delete(_DEAD).where(_DEAD.c.id.in_(taken)))
             deliveries = [Delivery.of_row(row) for row in rows]
             after_commit(connection, lambda: self.accept(deliveries))
             return len(rows)
 
-        count = await self._writes.submit(work)
-        if count:
-            log.info("webhooks.redriven", count=count)
-        return count
+        return work
+
+
+def _searchable(*values: str | None) -> bool:
+    return all(value is None or "\x00" not in value for value in values)
 
 
 def _existing_webhooks(connection: Connection, ids: set[str]) -> set[str]:

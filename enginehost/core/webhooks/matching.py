@@ -13,11 +13,13 @@ such field (a session event, say) is not narrowed by it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from enginehost.core.engine import utc_now
 from enginehost.core.http.models import RequestModel
 from enginehost.core.webhooks.models import WebhookRecord
 
@@ -71,6 +73,7 @@ class WebhookSnapshot:
     """None: the host's setting."""
     retry_base: float | None
     retry_cap: float | None
+    updated_at: datetime = field(default_factory=utc_now)
     chats: frozenset[str] | None = None
     direction: str | None = None
     from_me: bool | None = None
@@ -92,6 +95,7 @@ class WebhookSnapshot:
             max_attempts=None if record.retry_count is None else record.retry_count + 1,
             retry_base=record.retry_base,
             retry_cap=record.retry_cap,
+            updated_at=record.updated_at,
             chats=frozenset(filters.chat_ids) if filters.chat_ids is not None else None,
             direction=filters.direction,
             from_me=filters.from_me,
@@ -126,41 +130,56 @@ class WebhookSnapshot:
 
 
 class WebhookIndex:
-    """Every webhook's snapshot, by session (``None``: global webhooks)."""
+    """Every webhook's snapshot, by session (``None``: global webhooks).
+
+    Read from the writers' worker threads while the event loop changes it, so it is
+    copy-on-write: a change builds new dictionaries and swaps them in; a reader works on
+    the ones it picked up, which nobody changes. Changes are rare (registrations), reads
+    are per event. Changes may arrive out of order (the after-commit callbacks of two
+    transactions on PostgreSQL): an older snapshot never replaces a newer one, and a
+    deleted webhook never comes back.
+    """
 
     def __init__(self) -> None:
         self._by_id: dict[str, WebhookSnapshot] = {}
         self._by_session: dict[str | None, dict[str, WebhookSnapshot]] = {}
+        self._deleted: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def load(self, records: Iterable[WebhookRecord]) -> None:
         """Replace everything with ``records`` (at boot)."""
-        self._by_id.clear()
-        self._by_session.clear()
-        for record in records:
-            self.put(WebhookSnapshot.of(record))
+        self._deleted.clear()
+        self._swap({record.id: WebhookSnapshot.of(record) for record in records})
 
     def put(self, snapshot: WebhookSnapshot) -> None:
         """Add or replace a webhook (after its change committed)."""
-        self.remove(snapshot.id)
-        self._by_id[snapshot.id] = snapshot
-        self._by_session.setdefault(snapshot.session_id, {})[snapshot.id] = snapshot
+        current = self._by_id.get(snapshot.id)
+        if snapshot.id in self._deleted or (
+            current is not None and current.updated_at > snapshot.updated_at
+        ):
+            return  # a change that committed before the one already applied
+        self._swap({**self._by_id, snapshot.id: snapshot})
 
     def remove(self, webhook_id: str) -> None:
-        old = self._by_id.pop(webhook_id, None)
-        if old is not None:
-            bucket = self._by_session.get(old.session_id)
-            if bucket is not None:
-                bucket.pop(webhook_id, None)
-                if not bucket:
-                    del self._by_session[old.session_id]
+        self._deleted.add(webhook_id)
+        if webhook_id in self._by_id:
+            self._swap({k: v for k, v in self._by_id.items() if k != webhook_id})
 
     def remove_session(self, session_id: str) -> None:
         """Forget a deleted session's webhooks (the database deleted them with it)."""
-        for webhook_id in list(self._by_session.get(session_id, {})):
-            self.remove(webhook_id)
+        gone = set(self._by_session.get(session_id, {}))
+        if gone:
+            self._deleted.update(gone)
+            self._swap({k: v for k, v in self._by_id.items() if k not in gone})
+
+    def _swap(self, by_id: dict[str, WebhookSnapshot]) -> None:
+        by_session: dict[str | None, dict[str, WebhookSnapshot]] = {}
+        for snapshot in by_id.values():
+            by_session.setdefault(snapshot.session_id, {})[snapshot.id] = snapshot
+        self._by_session = by_session
+        self._by_id = by_id
 
     def get(self, webhook_id: str) -> WebhookSnapshot | None:
         return self._by_id.get(webhook_id)
@@ -168,8 +187,9 @@ class WebhookIndex:
     def matching_any(self, event: str, session_id: str | None) -> bool:
         """Whether some active webhook takes ``event`` of ``session_id`` before filters
         (cheap: lets a writer skip building a payload nobody wants)."""
+        by_session = self._by_session
         for bucket_key in (session_id, None) if session_id is not None else (None,):
-            bucket = self._by_session.get(bucket_key)
+            bucket = by_session.get(bucket_key)
             if bucket:
                 for snapshot in bucket.values():
                     if snapshot.active and (snapshot.events is None or event in snapshot.events):
@@ -182,10 +202,11 @@ class WebhookIndex:
         """The webhooks that take ``event`` of ``session_id``: the session's, then the
         global ones."""
         found: list[WebhookSnapshot] = []
-        if not self._by_id:
+        by_session = self._by_session
+        if not by_session:
             return found
         for bucket_key in (session_id, None) if session_id is not None else (None,):
-            bucket = self._by_session.get(bucket_key)
+            bucket = by_session.get(bucket_key)
             if bucket:
                 found.extend(s for s in bucket.values() if s.wants(event, data))
         return found
