@@ -181,3 +181,23 @@ def test_the_json_view_survives_a_cycle() -> None:
     loop.append(loop)
     rendered = json_safe({"loop": loop})
     json.dumps(rendered)
+
+
+def test_listeners_are_called_inline_filtered_and_can_stop() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+    everything: list[str] = []
+
+    def broken(event: HostEvent) -> None:
+        raise ValueError("a consumer's bug")
+
+    bus.listen(broken)
+    stop = bus.listen(lambda event: seen.append(event.type), types=("message.sent",))
+    bus.listen(lambda event: everything.append(event.type))
+    bus.publish(HostEvent(type="message.sent", session_id="s"))
+    bus.publish(HostEvent(type="session.qr", session_id="s"))
+    assert seen == ["message.sent"]  # at once: no await happened
+    assert everything == ["message.sent", "session.qr"]  # the broken one stopped nothing
+    stop()
+    bus.publish(HostEvent(type="message.sent", session_id="s"))
+    assert seen == ["message.sent"]

@@ -23,7 +23,7 @@ import dataclasses
 import enum
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from enginehost.core.logging import get_logger
 __all__ = [
     "EventBus",
     "HostEvent",
+    "Listener",
     "Overflow",
     "Subscription",
     "iso_timestamp",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 log = get_logger("enginehost.events")
+
+Listener = Callable[["HostEvent"], None]
+"""A synchronous consumer of events (see :meth:`EventBus.listen`)."""
 
 Overflow = Literal["drop_oldest", "close"]
 """What a full subscription does with one more event (see the module doc)."""
@@ -226,6 +230,24 @@ class EventBus:
     def __init__(self) -> None:
         # A dict as an ordered set: leaving is O(1), delivery keeps the subscription order.
         self._subscriptions: dict[Subscription, None] = {}
+        self._listeners: dict[Listener, frozenset[str] | None] = {}
+
+    def listen(
+        self, listener: Listener, *, types: Iterable[str] | None = None
+    ) -> Callable[[], None]:
+        """Call ``listener`` with each event of ``types`` (None: all) as it is published,
+        inline; the function returned stops it.
+
+        For consumers whose work per event is next to nothing (counting): a queue and a
+        task of their own would cost them more than the work, a task switch per event.
+        A listener must not block or await; one that raises is logged and kept.
+        """
+        self._listeners[listener] = frozenset(types) if types is not None else None
+
+        def stop() -> None:
+            self._listeners.pop(listener, None)
+
+        return stop
 
     def subscribe(
         self,
@@ -255,7 +277,13 @@ class EventBus:
         self._subscriptions.pop(subscription, None)
 
     def publish(self, event: HostEvent) -> None:
-        """Deliver ``event`` to every interested subscriber, without waiting."""
+        """Deliver ``event`` to every interested listener and subscriber, without waiting."""
+        for listener, types in tuple(self._listeners.items()):
+            if types is None or event.type in types:
+                try:
+                    listener(event)
+                except Exception as exc:  # a consumer's bug must not stop the publisher
+                    log.error("events.listener_failed", event_type=event.type, error=str(exc))
         # A copy: a subscriber that overflows leaves the bus in the middle of the loop.
         for subscription in tuple(self._subscriptions):
             if subscription.wants(event):

@@ -56,11 +56,6 @@ COUNTED_EVENTS = frozenset({"message.received", "message.sent", "message.failed"
 RECONNECT_REASON_PREFIX = "reconnecting (attempt "
 """How the session manager's reason starts when it transitions a session to reconnect."""
 
-EVENT_BUFFER = 100_000
-"""Events the counter may fall behind by before it loses some. Counting one is a few
-dictionary updates, so it only falls behind when the loop is starved; what is lost then
-shows in ``enginehost_metrics_events_dropped_total``."""
-
 READ_TIMEOUT = 3.0
 """Seconds a scrape waits for one source (the sessions, the webhook outbox): well inside
 Prometheus' default 10 s scrape timeout, so a hanging database costs its gauges, not the
@@ -96,7 +91,7 @@ class _EventCounts:
 
     Not prometheus_client's ``Counter``: that would add an ``*_created`` series per
     counter and label value to the text format (switching those off is a process-wide
-    setting), and one task does all the counting, so there is nothing to lock.
+    setting), and all counting happens on the event loop, so there is nothing to lock.
     """
 
     def __init__(self) -> None:
@@ -106,7 +101,6 @@ class _EventCounts:
         # Every status from the start: a series that appears only once it is non-zero
         # makes increase() miss its first change.
         self.transitions: Counter[str] = Counter({status.value: 0 for status in SessionStatus})
-        self.dropped = 0
 
     def count(self, event: HostEvent) -> None:
         if event.type == "message.received":
@@ -155,12 +149,6 @@ class _EventCounts:
         for status, value in sorted(self.transitions.items()):
             transitions.add_metric([status], value)
         yield transitions
-        yield CounterMetricFamily(
-            "enginehost_metrics_events_dropped",
-            "Bus events the counters above missed because they fell behind (the counters "
-            "undercount by this much).",
-            value=self.dropped,
-        )
 
 
 class _Scrape:
@@ -207,20 +195,17 @@ class HostMetrics:
         """Count the bus' events until cancelled: a background task of the daemon.
 
         Only events published while this runs are counted, so the counters start at
-        zero with the daemon. Started with ``await task_group.start(metrics.run, bus)``
-        it is subscribed when that returns, so nothing published afterwards is missed.
+        zero with the daemon. Counting is inline, as each event is published (a bus
+        listener): it costs a few dictionary updates, less than handing the event to a
+        task, and it cannot fall behind. Started with ``await task_group.start(...)``
+        it listens when that returns, so nothing published afterwards is missed.
         """
-        subscription = bus.subscribe(maxsize=EVENT_BUFFER, types=COUNTED_EVENTS)
-        noted = 0  # of subscription.dropped, already in the counter
+        stop = bus.listen(self._counts.count, types=COUNTED_EVENTS)
         task_status.started()
         try:
-            async for event in subscription:
-                self._counts.count(event)
-                if subscription.dropped != noted:
-                    self._counts.dropped += subscription.dropped - noted
-                    noted = subscription.dropped
+            await anyio.sleep_forever()
         finally:
-            subscription.close()
+            stop()
 
     async def render(
         self,

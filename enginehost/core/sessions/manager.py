@@ -670,4 +670,4 @@ class SessionManager:
                 )
             )
         except Exception as exc:  # the session goes on; the event is logged as lost
-            log.error("session.event_not_staged", event=event_type, error=str(exc))
+            log.error("session.event_not_staged", event_type=event_type, error=str(exc))
