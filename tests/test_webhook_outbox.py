@@ -512,3 +512,19 @@ async def test_redrive_works_in_pages(data_db: Any, monkeypatch: pytest.MonkeyPa
             await hook.arrived(10)
             await until(h.dispatcher.quiet)
             assert await h.dispatcher.dead_letters() == ([], 0)
+
+
+async def test_a_webhook_s_retry_count_and_policy_override_the_settings(data_db: Any) -> None:
+    with receiver(lambda _: (503, {}, b"busy")) as hook:
+        # The settings would allow 4 attempts with 50 ms waits; the webhook asks for one
+        # retry after a wait of 0.3 s at least (equal jitter: half of 0.6 s).
+        async with host(data_db) as h:
+            session = await h.sessions.create("pi", engine="sandbox")
+            webhook_id = await h.webhook(
+                hook.url, session.id, retry_count=1, retry_base=0.6, retry_cap=0.6
+            )
+            await h.messages.store_engine_messages([(session.id, inbound(1)[0])])
+            await until(lambda: h.dispatcher.delivery_outcomes().get("dead_lettered") == 1)
+            letters, _ = await h.dispatcher.dead_letters(webhook_id=webhook_id)
+    assert len(hook.requests) == 2 and letters[0].attempts == 2
+    assert hook.requests[1].at - hook.requests[0].at >= 0.3
