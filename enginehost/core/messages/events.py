@@ -30,12 +30,19 @@ if TYPE_CHECKING:
 __all__ = ["MessageEvents"]
 
 _COLUMNS = tuple(MessageRecord.model_fields)
+_COLUMN_NAMES = frozenset(_COLUMNS)
 
 # (event, session id, payload, lane, subject)
 _Event = tuple[str, str, dict[str, Any], str, Any]
 
 
-def _row(record: MessageRecord) -> dict[str, Any]:
+def _row(record: MessageRecord) -> Mapping[str, Any]:
+    """The record's columns by name. The store's records are built with
+    ``model_construct``, which keeps every field in ``__dict__``: read it as is (the
+    ORM's attribute descriptors cost about 5 µs per message here)."""
+    values: dict[str, Any] = record.__dict__
+    if values.keys() >= _COLUMN_NAMES:
+        return values
     return {name: getattr(record, name) for name in _COLUMNS}
 
 
