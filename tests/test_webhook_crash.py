@@ -144,7 +144,7 @@ def test_sigkill_mid_burst_delivers_everything_in_order(tmp_path: Path) -> None:
         for line in (tmp_path / "journal").read_text().splitlines()
         if line.strip()
     }
-    assert len(journal) > 200, "the chatter did not get going"
+    assert len(journal) > 100, "the chatter did not get going"
     assert journal <= {(s, m) for s, _, m in stored}
 
     keys: dict[tuple[str, str], set[str]] = defaultdict(set)
