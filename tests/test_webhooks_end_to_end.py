@@ -62,6 +62,15 @@ async def test_a_session_s_whole_life_reaches_the_webhook_valid_and_signed(
                     raise AssertionError(
                         f"never delivered: {missing}; on the bus: {on_bus}"
                     ) from None
+                # Then the last events too: everything published is delivered.
+                deliveries = api.state.deliveries
+                assert deliveries is not None
+
+                def caught_up() -> bool:
+                    published = [e for e in bus_events if e.type in catalogue.EVENT_TYPES]
+                    return deliveries.quiet() and len(hook.requests) >= len(published)
+
+                await until(caught_up)
                 subscription.close()
     seen = _types(hook.requests)
     assert seen == set(catalogue.EVENT_TYPES), set(catalogue.EVENT_TYPES) - seen
