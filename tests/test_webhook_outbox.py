@@ -286,14 +286,13 @@ async def test_a_failing_chat_holds_its_own_lane_only(data_db: Any) -> None:
         # Each chat in order; a retried delivery repeats, never overtakes.
         seen = [d["messageId"] for d in delivered if d["chatId"] == chat]
         assert list(dict.fromkeys(seen)) == [m.message_id for m in sent]
-    # The healthy chat did not wait for the failing one's retries.
-    last_of_second = max(
-        i for i, d in enumerate(delivered) if d["messageId"] == second[-1].message_id
+    # The healthy chat did not queue behind the failing one's retries: its first
+    # delivery came before the failing chat's first retry (which waits 25 ms or more).
+    first_of_second = next(
+        i for i, d in enumerate(delivered) if d["messageId"] == second[0].message_id
     )
-    last_of_first = max(
-        i for i, d in enumerate(delivered) if d["messageId"] == first[-1].message_id
-    )
-    assert last_of_second < last_of_first
+    retry_of_first = [i for i, d in enumerate(delivered) if d["chatId"] == "111@c.us"][1]
+    assert first_of_second < retry_of_first
 
 
 async def test_undelivered_rows_survive_a_restart(data_db: Any) -> None:
