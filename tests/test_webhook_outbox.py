@@ -527,3 +527,17 @@ async def test_a_webhook_s_retry_count_and_policy_override_the_settings(data_db:
             letters, _ = await h.dispatcher.dead_letters(webhook_id=webhook_id)
     assert len(hook.requests) == 2 and letters[0].attempts == 2
     assert hook.requests[1].at - hook.requests[0].at >= 0.3
+
+
+async def test_a_webhook_deleted_before_the_index_knows_fails_no_write(data_db: Any) -> None:
+    """The index learns of a delete after it committed: a message stored in between
+    is stored all the same, without an outbox row for the gone webhook."""
+    async with host(data_db, run=False) as h:
+        session = await h.sessions.create("rho", engine="sandbox")
+        await h.webhook("http://127.0.0.1:9/hook", session.id, events=["message.received"])
+        webhooks = WebhookRecord.__table__  # type: ignore[attr-defined]
+        with data_db.engine.begin() as connection:  # behind the index's back
+            connection.execute(sa.delete(webhooks))
+        stored = await h.messages.store_engine_messages([(session.id, inbound(1)[0])])
+        assert len(stored) == 1
+        assert await h.outbox_rows() == []

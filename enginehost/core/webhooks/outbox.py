@@ -34,11 +34,29 @@ from enginehost.core.db.after_commit import after_commit
 from enginehost.core.engine import utc_now
 from enginehost.core.webhooks.catalogue import envelope_bytes
 from enginehost.core.webhooks.matching import WebhookIndex
-from enginehost.core.webhooks.models import LANE_MAX, OutboxRecord
+from enginehost.core.webhooks.models import LANE_MAX, OutboxRecord, WebhookRecord
 
 __all__ = ["Delivery", "Outbox"]
 
 _TABLE = OutboxRecord.__table__  # type: ignore[attr-defined]
+_WEBHOOKS = WebhookRecord.__table__  # type: ignore[attr-defined]
+
+
+def _guarded_insert() -> Any:
+    """INSERT of one outbox row per parameter set, only while its webhook exists.
+
+    The index learns of a deleted webhook once the delete has committed; a writer that
+    matched the webhook just before must not fail its own change (a stored message, a
+    status) on the outbox's foreign key: its row for the gone webhook is skipped.
+    """
+    columns = list(_TABLE.c)
+    values = sa.select(*[sa.bindparam(c.key, type_=c.type) for c in columns]).where(
+        sa.exists().where(_WEBHOOKS.c.id == sa.bindparam("webhook_id"))
+    )
+    return sa.insert(_TABLE).from_select([c.key for c in columns], values)
+
+
+_INSERT = _guarded_insert()
 
 
 @dataclass(slots=True, eq=False)
@@ -207,7 +225,7 @@ class Outbox:
                 )
         if not rows:
             return 0
-        target.execute(sa.insert(_TABLE), rows)
+        target.execute(_INSERT, rows)
         accept = self._accept
         if accept is not None:
             after_commit(target, lambda: accept(deliveries))
