@@ -47,11 +47,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Table, bindparam, case
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.sql.elements import ColumnElement
@@ -60,6 +60,7 @@ from sqlmodel import Session, and_, col, func, or_, select
 from enginehost.core.db.database import Database
 from enginehost.core.db.direct import DirectStatement
 from enginehost.core.db.group_commit import GroupCommit
+from enginehost.core.db.lookups import dialect_insert, searchable
 from enginehost.core.engine import AckStatus, EngineMessage, MessageType, utc_now
 from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.messages.events import MessageEvents
@@ -181,9 +182,8 @@ def _aware(field: str, value: object) -> datetime:
     return value
 
 
-def _searchable(*values: object) -> bool:
-    """False when a lookup value can match no row (and would upset PostgreSQL)."""
-    return all(isinstance(v, str) and 0 < len(v) <= 200 and "\x00" not in v for v in values)
+# A lookup value that can match no row (see searchable): ids and engine ids fit 200.
+_searchable = partial(searchable, max_length=200)
 
 
 def _engine_id(field: str, value: object, maximum: int) -> str:
@@ -280,11 +280,6 @@ def _decode_cursor(cursor: object) -> tuple[datetime, str]:
 # ----------------------------------------------------------------------- database work
 
 
-def _insert(backend: str, table: Table) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_nothing``/``..._do_update``."""
-    return (postgresql.insert if backend == "postgresql" else sqlite.insert)(table)
-
-
 def _record(row: Mapping[str, Any]) -> MessageRecord:
     """A detached, read-only record from a result row of every column.
 
@@ -335,14 +330,16 @@ class _Statements:
         # cached statement; a multi-row VALUES compiled per batch cost more than the
         # inserts). Not direct: its RETURNING spans several statements.
         self.insert_many = (
-            _insert(backend, m)
+            dialect_insert(backend, m)
             .on_conflict_do_nothing(index_elements=["session_id", "message_id"])
             .returning(m.c.session_id, m.c.message_id, m.c.from_me)
         )
 
         def insert_unless_taken(*unique: str) -> DirectStatement:
             # No row back: the unique index ``unique`` already has the new row's values.
-            statement = _insert(backend, m).on_conflict_do_nothing(index_elements=list(unique))
+            statement = dialect_insert(backend, m).on_conflict_do_nothing(
+                index_elements=list(unique)
+            )
             return direct(statement.returning(m.c.id), [m.c.id], names)
 
         self.insert_keyed = insert_unless_taken("session_id", "idempotency_key")
@@ -431,7 +428,7 @@ class _Statements:
         self.early_ack_keys = direct(
             sa.select(e.c.session_id, e.c.message_id), [e.c.session_id, e.c.message_id]
         )
-        keep = _insert(backend, e)
+        keep = dialect_insert(backend, e)
         self.keep_early_ack = direct(
             keep.on_conflict_do_update(
                 index_elements=["session_id", "message_id"],

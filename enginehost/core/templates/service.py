@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from enginehost.core.db.database import Database
+from enginehost.core.db.lookups import searchable
 from enginehost.core.engine import utc_now
 from enginehost.core.templates.errors import (
     TemplateNameTakenError,
@@ -116,11 +117,6 @@ def _valid_part(field: str, part: object) -> str | None:
     return value
 
 
-def _searchable(*values: str) -> bool:
-    """False when a lookup value can match no row (and would upset PostgreSQL)."""
-    return all(isinstance(value, str) and "\x00" not in value for value in values)
-
-
 # ----------------------------------------------------------------------- database work
 
 
@@ -150,7 +146,7 @@ def _flush(session: Session, template: Template) -> None:
 
 
 def _find(session: Session, session_id: str, template_id: str, *, lock: bool = False) -> Template:
-    if not _searchable(session_id, template_id):
+    if not searchable(session_id, template_id):
         raise _not_found(session_id, template_id)
     statement = select(Template).where(
         col(Template.id) == template_id, col(Template.session_id) == session_id
@@ -164,7 +160,7 @@ def _find(session: Session, session_id: str, template_id: str, *, lock: bool = F
 
 
 def _find_by_name(session: Session, session_id: str, name: str) -> Template:
-    if not _searchable(session_id, name):
+    if not searchable(session_id, name):
         raise _name_not_found(session_id, name)
     template = session.exec(
         select(Template)
@@ -250,7 +246,7 @@ class TemplateService:
         """Every template of ``session_id``, oldest first (ties: by id)."""
 
         def work(session: Session) -> list[Template]:
-            if not _searchable(session_id):
+            if not searchable(session_id):
                 return []
             return list(
                 session.exec(
@@ -302,7 +298,7 @@ class TemplateService:
         """Delete the template, or :class:`TemplateNotFoundError` if there is none."""
 
         def work(session: Session) -> None:
-            if not _searchable(session_id, template_id):
+            if not searchable(session_id, template_id):
                 raise _not_found(session_id, template_id)
             result = session.exec(
                 delete(Template).where(

@@ -37,12 +37,12 @@ from uuid import uuid4
 import anyio
 import anyio.abc
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from enginehost.core.db.after_commit import after_commit
 from enginehost.core.db.database import Database
 from enginehost.core.db.group_commit import GroupCommit
+from enginehost.core.db.lookups import dialect_insert, searchable
 from enginehost.core.engine import utc_now
 from enginehost.core.errors import shortened
 from enginehost.core.logging import get_logger
@@ -130,8 +130,9 @@ class Dispatcher:
         self._bookkeeping: list[tuple[str, Any]] = []
         self._bookkeeping_wake = anyio.Event()
         self._outcomes: Counter[str] = Counter()
-        dialect_insert = postgresql.insert if database.backend == "postgresql" else sqlite.insert
-        self._insert_dead = dialect_insert(_DEAD).on_conflict_do_nothing(index_elements=["id"])
+        self._insert_dead = dialect_insert(database.backend, _DEAD).on_conflict_do_nothing(
+            index_elements=["id"]
+        )
         self.attempts = 0
         outbox.deliver_to(self.accept)
 
@@ -651,7 +652,8 @@ class Dispatcher:
 
 
 def _searchable(*values: str | None) -> bool:
-    return all(value is None or "\x00" not in value for value in values)
+    """:func:`searchable` for optional filters (None matches anything)."""
+    return searchable(*(value for value in values if value is not None))
 
 
 def _existing_webhooks(connection: Connection, ids: set[str]) -> set[str]:

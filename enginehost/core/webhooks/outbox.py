@@ -135,10 +135,6 @@ class Outbox:
         the table for the next start)."""
         self._accept = accept
 
-    def wants(self, event: str, session_id: str | None) -> bool:
-        """A cheap pre-check: might any webhook take ``event`` of ``session_id``?"""
-        return bool(self._index) and bool(self._index.matching_any(event, session_id))
-
     def stage(
         self,
         target: Connection | Any,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Collection
+from functools import partial
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from sqlmodel import Session, col, delete, or_, select
 
 from enginehost.core.db.after_commit import after_commit
 from enginehost.core.db.database import Database
+from enginehost.core.db.lookups import searchable
 from enginehost.core.engine import MessageType, utc_now
 from enginehost.core.errors import FieldError, ServiceError
 from enginehost.core.http.models import RequestModel
@@ -327,9 +329,8 @@ _UPDATABLE: Final = tuple(WebhookUpdate.model_fields)
 # ----------------------------------------------------------------------- database work
 
 
-def _searchable(*values: str) -> bool:
-    """False when a lookup value can match no row (and would upset PostgreSQL)."""
-    return all(isinstance(v, str) and 0 < len(v) <= ID_MAX and "\x00" not in v for v in values)
+# A lookup value that can match no row (see searchable).
+_searchable = partial(searchable, max_length=ID_MAX)
 
 
 def _owned_by(session_id: str | None) -> Any:
