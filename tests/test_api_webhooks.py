@@ -126,9 +126,7 @@ async def api(
 
 @pytest.fixture
 def registry(api: ApiHarness) -> WebhookRegistry:
-    webhooks = getattr(api.state, "webhooks", None)
-    assert isinstance(webhooks, WebhookRegistry)
-    return webhooks
+    return with_webhooks(api)
 
 
 @pytest.fixture
@@ -866,6 +864,7 @@ async def test_dead_letters_are_listed_for_admins(
         "payload": body,
     }
     assert datetime.fromisoformat(letter["deadAt"]) == dead_at
+    assert datetime.fromisoformat(letter["createdAt"]) == dead_at  # what the fake stored
     # The session's name became its id for the dispatcher.
     assert deliveries.calls == [("dead_letters", (created["id"], alpha.id, 10, 0))]
 

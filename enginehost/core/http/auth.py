@@ -34,6 +34,7 @@ __all__ = [
     "SessionViewer",
     "api_routes",
     "authorize",
+    "bearer_token",
     "public",
     "requires",
     "route_rule",
@@ -97,7 +98,13 @@ def presented_key(request: Request) -> str | None:
     api_key = headers.get("x-api-key")
     if api_key:
         return api_key
-    authorization = headers.get("authorization")
+    return bearer_token(request)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The credentials of ``Authorization: Bearer <credentials>`` (scheme in any case),
+    or None when there are none."""
+    authorization = request.headers.get("authorization")
     if not authorization:
         return None
     scheme, _, credentials = authorization.partition(" ")

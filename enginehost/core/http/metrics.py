@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from starlette.datastructures import State
 
 from enginehost.core.auth.roles import Role
-from enginehost.core.http.auth import Rule, Scope, authorize
+from enginehost.core.http.auth import Rule, Scope, authorize, bearer_token
 from enginehost.core.metrics import CONTENT_TYPE, DeliveryStatistics, HostMetrics
 
 __all__ = ["RULE", "host_metrics", "presents_metrics_token", "router"]
@@ -42,9 +42,8 @@ def presents_metrics_token(request: Request) -> bool:
     expected = configured.get_secret_value() if configured is not None else ""
     if not expected:
         return False
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    credentials = credentials.strip()
-    if scheme.lower() != "bearer" or not credentials:
+    credentials = bearer_token(request)
+    if credentials is None:
         return False
     return hmac.compare_digest(credentials.encode(), expected.encode())
 

@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from pydantic import Field, model_validator
 
 from enginehost.core.auth.roles import Role
+from enginehost.core.http.audit import OFFSET_MAX
 from enginehost.core.http.auth import Access, Scope, SessionOperator, SessionViewer, requires
 from enginehost.core.http.errors import ApiError
 from enginehost.core.http.models import CamelModel, RequestModel, Responses
@@ -60,7 +61,6 @@ router = APIRouter(tags=["webhooks"])
 DEAD_LETTER_LIMIT_MAX = 500
 REDRIVE_IDS_MAX = 1000
 # Beyond any real table, and inside every backend's integer range.
-OFFSET_MAX = 2**31 - 1
 
 
 class Deliveries(Protocol):

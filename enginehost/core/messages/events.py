@@ -58,8 +58,11 @@ class MessageEvents:
         """Whether anyone may want an event (else callers need not prepare any)."""
         return self._bus is not None or (self._outbox is not None and bool(self._outbox.index))
 
-    def received(self, target: Any, items: Sequence[tuple[MessageRecord, EngineMessage]]) -> None:
-        """``message.received`` for new messages an engine reported."""
+    def received(
+        self, target: Any, items: Sequence[tuple[Mapping[str, Any], EngineMessage]]
+    ) -> None:
+        """``message.received`` for new messages an engine reported, given as the rows
+        just inserted (every column by name) and the engine's messages."""
         if not items or not self.active:
             return
         self._emit(
@@ -67,26 +70,31 @@ class MessageEvents:
             [
                 (
                     "message.received",
-                    record.session_id,
-                    self._message(record, message.sender),
-                    record.chat_id,
+                    row["session_id"],
+                    self._message(row, message.sender),
+                    row["chat_id"],
                     message,
                 )
-                for record, message in items
+                for row, message in items
             ],
         )
 
     def sent(self, target: Any, record: MessageRecord, *, sender: str | None = None) -> None:
         """``message.sent``: a send reached the server, or an own message appeared."""
         if self.active:
-            data = self._message(record, sender)
+            data = self._message(_row(record), sender)
             self._emit(target, [("message.sent", record.session_id, data, record.chat_id, None)])
 
-    def failed(self, target: Any, record: MessageRecord) -> None:
-        """``message.failed``: a send failed (or was pending when the host died)."""
-        if self.active:
-            data = self._message(record, None)
-            self._emit(target, [("message.failed", record.session_id, data, record.chat_id, None)])
+    def failed(self, target: Any, records: Sequence[MessageRecord]) -> None:
+        """``message.failed``: sends that failed (or were pending when the host died)."""
+        if records and self.active:
+            self._emit(
+                target,
+                [
+                    ("message.failed", r.session_id, self._message(_row(r), None), r.chat_id, None)
+                    for r in records
+                ],
+            )
 
     def ack(self, target: Any, session_id: str, message_id: str, row: Mapping[str, Any]) -> None:
         """``message.ack``: an ack moved a message's status forward."""
@@ -104,16 +112,14 @@ class MessageEvents:
 
     def _emit(self, target: Any, events: list[_Event]) -> None:
         outbox = self._outbox
-        if outbox is not None and outbox.index:
+        if outbox is not None:
             outbox.stage_many(target, [(e[0], e[1], e[2], e[3]) for e in events])
         bus = self._bus
         if bus is not None:
             after_commit(target, _publisher(bus, events))
 
-    def _message(self, record: MessageRecord, sender: str | None) -> dict[str, Any]:
-        return message_payload(
-            _row(record), session_name=self._name(record.session_id), sender=sender
-        )
+    def _message(self, row: Mapping[str, Any], sender: str | None) -> dict[str, Any]:
+        return message_payload(row, session_name=self._name(row["session_id"]), sender=sender)
 
     def _name(self, session_id: str) -> str:
         return self._outbox.session_name(session_id) if self._outbox is not None else ""

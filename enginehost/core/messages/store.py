@@ -764,7 +764,7 @@ class MessageStore:
                 "updated_at": _later(utc_now(), row["created_at"]),
             }
             record = _record(_one(sql.mark_failed.first(connection, changes)))
-            announce.failed(connection, record)
+            announce.failed(connection, [record])
             return record
 
         # Nothing to remember for acks: a row it fails was pending, without an engine id.
@@ -782,8 +782,7 @@ class MessageStore:
 
         def work(connection: Connection) -> int:
             failed = [_record(dict(row._mapping)) for row in connection.execute(statement)]
-            for record in failed:
-                announce.failed(connection, record)
+            announce.failed(connection, failed)
             return len(failed)
 
         return await self._writes.submit(work)
@@ -826,7 +825,7 @@ class MessageStore:
             if own:
                 announce.sent(connection, record, sender=message.sender)
             else:
-                announce.received(connection, [(record, message)])
+                announce.received(connection, [(values, message)])
             return record, True
 
         record, created = await self._writes.submit(work)
@@ -878,7 +877,7 @@ class MessageStore:
             if announce.active:
                 announce.received(
                     connection,
-                    [(_record(rows[(s, m)]), messages[(s, m)]) for s, m, _ in inserted],
+                    [(rows[(s, m)], messages[(s, m)]) for s, m, _ in inserted],
                 )
             return {(session_id, message_id) for session_id, message_id, _ in inserted}
 

@@ -447,28 +447,31 @@ class SessionStore:
                 select(SessionRecord).where(col(SessionRecord.status).in_(sorted(statuses)))
             ).all()
             now = utc_now()
+            announced: list[tuple[str, str | None, Any, str]] = []
             for record in rows:
-                previous = record.status
-                entry = {"status": "disconnected", "at": now.isoformat(), "reason": reason}
-                record.status_history = [*record.status_history, entry][-history_limit:]
-                record.status = "disconnected"
-                record.reconnect_attempt = 0
-                record.updated_at = now
-                session.add(record)
-                if outbox is not None:
-                    # Receivers learn of the disconnect the host's death caused.
-                    outbox.stage(
-                        session,
+                announced.append(
+                    (
                         "session.status",
                         record.id,
                         session_status_payload(
                             session_name=record.name,
                             engine=record.engine,
                             status="disconnected",
-                            previous=previous,
+                            previous=record.status,
                             reason=reason,
                         ),
+                        "",
                     )
+                )
+                entry = {"status": "disconnected", "at": now.isoformat(), "reason": reason}
+                record.status_history = [*record.status_history, entry][-history_limit:]
+                record.status = "disconnected"
+                record.reconnect_attempt = 0
+                record.updated_at = now
+                session.add(record)
+            if outbox is not None:
+                # Receivers learn of the disconnects the host's death caused.
+                outbox.stage_many(session, announced)
             return len(rows)
 
         try:

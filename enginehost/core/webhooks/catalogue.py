@@ -82,7 +82,7 @@ ALL_EVENTS = "*"
 TEST_EVENT = "webhook.test"
 """Sent by the webhook test route only: not subscribable, so not in :data:`EVENT_TYPES`."""
 
-TEST_MESSAGE = "A test delivery from enginehost: this webhook receives events."
+TEST_MESSAGE = "This is a test delivery from enginehost."
 """A ``message`` for a ``webhook.test`` delivery, for callers with nothing more to say."""
 
 EVENT_TYPES: tuple[str, ...] = (

@@ -47,7 +47,12 @@ from enginehost.core.engine import utc_now
 from enginehost.core.errors import shortened
 from enginehost.core.logging import get_logger
 from enginehost.core.settings import Settings
-from enginehost.core.webhooks.catalogue import envelope_bytes, test_payload
+from enginehost.core.webhooks.catalogue import (
+    TEST_EVENT,
+    TEST_MESSAGE,
+    envelope_bytes,
+    test_payload,
+)
 from enginehost.core.webhooks.delivery import Attempt, AttemptOutcome, WebhookClient
 from enginehost.core.webhooks.matching import WebhookSnapshot
 from enginehost.core.webhooks.models import DeadLetterRecord, OutboxRecord, WebhookRecord
@@ -528,19 +533,17 @@ class Dispatcher:
         delivery_id = str(uuid4())
         key = idempotency_key(snapshot.id, delivery_id)
         body = envelope_bytes(
-            event="webhook.test",
+            event=TEST_EVENT,
             timestamp=utc_now(),
             session_id=snapshot.session_id,
             idempotency_key=key,
             delivery_id=delivery_id,
-            data=test_payload(
-                webhook_id=snapshot.id, message="This is a test delivery from enginehost."
-            ),
+            data=test_payload(webhook_id=snapshot.id, message=TEST_MESSAGE),
         )
         attempt = Attempt(
             url=snapshot.url,
             body=body,
-            event="webhook.test",
+            event=TEST_EVENT,
             idempotency_key=key,
             delivery_id=delivery_id,
             retry_count=0,

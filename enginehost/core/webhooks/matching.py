@@ -21,11 +21,11 @@ from pydantic import Field, field_validator
 
 from enginehost.core.engine import utc_now
 from enginehost.core.http.models import RequestModel
+from enginehost.core.webhooks.catalogue import ALL_EVENTS
 from enginehost.core.webhooks.models import WebhookRecord
 
 __all__ = ["ALL_EVENTS", "WebhookFilters", "WebhookIndex", "WebhookSnapshot"]
 
-ALL_EVENTS = "*"
 CHAT_ID_MAX = 128
 FILTER_CHATS_MAX = 1000
 

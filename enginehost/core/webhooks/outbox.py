@@ -143,14 +143,13 @@ class Outbox:
         data: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         *,
         lane: str = "",
-        at: datetime | None = None,
     ) -> int:
         """Insert the deliveries of one event on ``target`` (the writer's connection or
         ORM session, inside its transaction); the number of deliveries.
 
         ``data`` may be a function, called only when some webhook may want the event
         (building a payload costs more than finding that nobody does)."""
-        return self.stage_many(target, [(event, session_id, data, lane)], at=at)
+        return self.stage_many(target, [(event, session_id, data, lane)])
 
     def stage_many(
         self,
@@ -158,8 +157,6 @@ class Outbox:
         events: Sequence[
             tuple[str, str | None, Mapping[str, Any] | Callable[[], Mapping[str, Any]], str]
         ],
-        *,
-        at: datetime | None = None,
     ) -> int:
         """:meth:`stage` for several events ``(event, session_id, data, lane)``, in order,
         with one INSERT."""
@@ -167,7 +164,7 @@ class Outbox:
             return 0
         rows: list[dict[str, Any]] = []
         deliveries: list[Delivery] = []
-        now = at or utc_now()
+        now = utc_now()
         for event, session_id, data, lane in events:
             if not self._index.matching_any(event, session_id):
                 continue
