@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ from enginehost.core.webhooks.models import OutboxRecord, WebhookRecord
 from enginehost.core.webhooks.outbox import Outbox
 from enginehost.core.webhooks.signing import verify_openwa, verify_timestamped
 from tests.support.receiver import Answer, Received, receiver
+from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -125,12 +126,6 @@ def inbound(n: int, chat: str = "111@c.us", prefix: str = "in") -> list[EngineMe
         )
         for i in range(n)
     ]
-
-
-async def until(condition: Callable[[], Any], within: float = 10.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 def bodies(requests: list[Received], event: str | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ receiver is a real HTTP server on loopback.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,12 @@ from enginehost.core.webhooks import catalogue
 from enginehost.core.webhooks.signing import verify_openwa, verify_timestamped
 from tests.support.api import ApiHarness, api_harness
 from tests.support.receiver import Received, receiver
+from tests.support.wait import until
 from tests.test_send import CHAT, OTHER, url
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "end-to-end-secret-0123456789"
-
-
-async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.02)
 
 
 async def test_a_session_s_whole_life_reaches_the_webhook_valid_and_signed(
@@ -55,7 +49,9 @@ async def test_a_session_s_whole_life_reaches_the_webhook_valid_and_signed(
                 tasks.start_soon(collect)
                 await _live_a_life(api, hook.url)
                 try:
-                    await until(lambda: _types(hook.requests) >= set(catalogue.EVENT_TYPES))
+                    await until(
+                        lambda: _types(hook.requests) >= set(catalogue.EVENT_TYPES), within=15
+                    )
                 except TimeoutError:
                     missing = set(catalogue.EVENT_TYPES) - _types(hook.requests)
                     on_bus = {e.type for e in bus_events}
@@ -70,7 +66,7 @@ async def test_a_session_s_whole_life_reaches_the_webhook_valid_and_signed(
                     published = [e for e in bus_events if e.type in catalogue.EVENT_TYPES]
                     return deliveries.quiet() and len(hook.requests) >= len(published)
 
-                await until(caught_up)
+                await until(caught_up, within=15)
                 subscription.close()
     seen = _types(hook.requests)
     assert seen == set(catalogue.EVENT_TYPES), set(catalogue.EVENT_TYPES) - seen
