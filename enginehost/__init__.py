@@ -40,7 +40,7 @@ from enginehost.core.engine import (
     utc_now,
 )
 from enginehost.core.hookspecs import hookimpl
-from enginehost.core.services import HostServices
+from enginehost.core.services import HostServices, MessageLookup
 
 try:
     __version__ = version("enginehost")
@@ -69,6 +69,7 @@ __all__ = [
     "HostServices",
     "MediaPayload",
     "MessageEvent",
+    "MessageLookup",
     "MessageType",
     "OwnMessageEvent",
     "PairingCodeEvent",

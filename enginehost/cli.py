@@ -1458,6 +1458,13 @@ def webhooks_redrive(
     typer.echo(f"re-drove {count} dead letter{'' if count == 1 else 's'}")
 
 
+# ---------------------------------------------------------------------------- bridges
+
+from enginehost.bridges_cli import bridges_app  # noqa: E402 - after the app it joins
+
+app.add_typer(bridges_app, name="bridges")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

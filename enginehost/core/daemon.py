@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
 import importlib.metadata
@@ -167,8 +168,8 @@ async def _serve_with(
 
     plugins = PluginHost(settings, data_dir=data_dir, entry_points=entry_points)
     plugins.load()
-    services = plugins.services()
     state = await build_state(settings, data_dir, databases, plugins)
+    services = dataclasses.replace(plugins.services(), messages=state.send.messages)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     server = _HostOwnedSignalsServer(

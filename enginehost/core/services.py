@@ -9,14 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from enginehost.core.logging import get_logger
 
 if TYPE_CHECKING:
     from enginehost.core.settings import Settings
 
-__all__ = ["HostServices"]
+__all__ = ["HostServices", "MessageLookup"]
+
+
+class MessageLookup(Protocol):
+    """Read access to the messages the host stored, for engines that need them back.
+
+    WhatsApp libraries ask for a message this account sent when a recipient's device
+    could not decrypt it and asks for it again (a retry receipt).
+    """
+
+    async def body_of(self, session_id: str, message_id: str) -> str | None:
+        """The stored text (or caption) of message ``message_id`` of ``session_id``;
+        ``None`` when there is no such message or it has no text."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,9 @@ class HostServices:
 
     version: str
     """The host's version."""
+
+    messages: MessageLookup | None = None
+    """The stored messages; ``None`` only in one-shot commands that run no daemon."""
 
     def engine_data_dir(self, engine_name: str) -> Path:
         """The directory reserved for an engine's own files (``<data dir>/engines/<name>``)."""

@@ -973,6 +973,15 @@ class MessageStore:
             raise _not_found(message_id, session_id)
         return record
 
+    async def body_of(self, session_id: str, message_id: str) -> str | None:
+        """The stored body of engine message ``message_id`` (for engines, through
+        :class:`~enginehost.core.services.MessageLookup`); ``None`` when unknown."""
+        try:
+            record = await self.by_message_id(session_id, message_id)
+        except MessageNotFoundError:
+            return None
+        return record.body
+
     async def history(
         self,
         session_id: str,
