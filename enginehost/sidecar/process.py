@@ -158,31 +158,46 @@ class SidecarProcess:
         log = _log.bind(sidecar=self.name, pid=process.pid)
         log.info("sidecar.started", command=self.command[-1])
         hello_ready: anyio.Event = anyio.Event()
+        failure: SidecarGoneError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_stderr, log)
                 tg.start_soon(self._read_stdout, log, hello_ready, tg)
-                with anyio.move_on_after(self._handshake_timeout):
-                    await hello_ready.wait()
-                if self.hello is None:
-                    raise SidecarGoneError(
-                        "handshake_failed", self._describe_failure("no hello", process)
-                    )
-                if self.hello.protocol != PROTOCOL_VERSION:
-                    raise SidecarGoneError(
-                        "protocol_mismatch",
-                        f"sidecar {self.name} speaks protocol {self.hello.protocol}, "
-                        f"this host speaks {PROTOCOL_VERSION}: reinstall the bridge "
-                        "(enginehost bridges install)",
-                    )
-                await self.request("init", self._init_params, seconds=self._handshake_timeout)
-                task_status.started(self.hello)
-                tg.start_soon(self._heartbeat, log)
-                await process.wait()
+                failure = await self._handshake(hello_ready, process)
+                if failure is None:
+                    task_status.started(self.hello)
+                    tg.start_soon(self._heartbeat, log)
+                    await process.wait()
                 tg.cancel_scope.cancel()
         finally:
+            if failure is not None:
+                self.exit_reason = str(failure)
             with anyio.CancelScope(shield=True):
                 await self._reap(process, log)
+        if failure is not None:
+            # Raised outside the task group, so the caller of ``start`` gets it plainly.
+            raise failure
+
+    async def _handshake(
+        self, hello_ready: anyio.Event, process: anyio.abc.Process
+    ) -> SidecarGoneError | None:
+        """Wait for the hello, check its protocol, send ``init``; the failure, if any."""
+        with anyio.move_on_after(self._handshake_timeout):
+            await hello_ready.wait()
+        if self.hello is None:
+            return SidecarGoneError("handshake_failed", self._describe_failure("no hello", process))
+        if self.hello.protocol != PROTOCOL_VERSION:
+            return SidecarGoneError(
+                "protocol_mismatch",
+                f"sidecar {self.name} speaks protocol {self.hello.protocol}, "
+                f"this host speaks {PROTOCOL_VERSION}: reinstall the bridge "
+                "(enginehost bridges install)",
+            )
+        try:
+            await self.request("init", self._init_params, seconds=self._handshake_timeout)
+        except SidecarError as exc:
+            return SidecarGoneError("init_failed", f"sidecar {self.name} refused init: {exc}")
+        return None
 
     async def _reap(self, process: anyio.abc.Process, log: Any) -> None:
         if process.returncode is None:
