@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BRIDGES_STAMP := $(VENV)/.bridges-installed
+BRIDGE_LOCKS := $(wildcard enginehost/plugins/*/sidecar/package-lock.json)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install bridges serve test lint bench clean
 
 install: $(STAMP)
 
@@ -18,13 +20,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
+# The bridges' Node sidecars (npm ci from their lock files); redone when a lock changes.
+bridges: $(BRIDGES_STAMP)
+
+$(BRIDGES_STAMP): $(STAMP) $(BRIDGE_LOCKS)
+	$(BIN)/enginehost bridges install
+	@touch $(BRIDGES_STAMP)
+
 # Run the daemon on its embedded defaults (127.0.0.1:2785, data in ./data). Ctrl-C stops it.
+# Without Node.js the bridges cannot install; the daemon still runs (the sandbox works,
+# and `enginehost plugins list` says what the bridges need).
 serve: $(STAMP)
+	@$(MAKE) --no-print-directory bridges || echo "make serve: bridge engines not installed (see above); serving without them" >&2
 	$(BIN)/enginehost serve
 
 # Run the test suite. pytest's exit code 5 (no tests collected) is a failure here:
 # a suite that silently ran nothing must never pass.
-test: $(STAMP)
+test: $(BRIDGES_STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$status

@@ -1,0 +1,258 @@
+"""The baileys_bridge plugin without a WhatsApp server: config, dialects, disconnect
+mapping, enable failures that name their fix, operator paths, event conversion, and
+the `enginehost bridges` commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from enginehost import (
+    AckEvent,
+    AckStatus,
+    DisconnectClassification,
+    DisconnectedEvent,
+    EngineError,
+    ErrorEvent,
+    MessageEvent,
+    MessageType,
+    OwnMessageEvent,
+    QrEvent,
+    ReadyEvent,
+    SessionInfo,
+)
+from enginehost.core.plugins import PluginStatus
+from enginehost.plugins.baileys_bridge import BaileysConfig, BaileysEngine, BaileysPlugin
+from enginehost.plugins.baileys_bridge.disconnects import classify
+from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
+from tests.conftest import entry_point, make_host
+from tests.support.daemon import cli_env, run_cli
+
+BAILEYS = entry_point("baileys_bridge", "enginehost.plugins.baileys_bridge")
+
+
+# ----------------------------------------------------------------------------- dialects
+
+
+@pytest.mark.parametrize(
+    ("neutral", "library"),
+    [
+        ("15551234567@c.us", "15551234567@s.whatsapp.net"),
+        ("120363025246125486@g.us", "120363025246125486@g.us"),
+        ("99887766@lid", "99887766@lid"),
+        ("status@broadcast", "status@broadcast"),
+    ],
+)
+def test_chat_ids_convert_both_ways(neutral: str, library: str) -> None:
+    assert to_library(neutral) == library
+    assert to_neutral(library) == neutral
+
+
+def test_own_ids_lose_their_device_and_agent_suffixes() -> None:
+    assert to_neutral("15550001111:12@s.whatsapp.net") == "15550001111@c.us"
+    assert to_neutral("15550001111_1:3@s.whatsapp.net") == "15550001111@c.us"
+    assert to_neutral(None) == ""
+
+
+def test_a_chat_id_in_the_wrong_dialect_is_refused() -> None:
+    with pytest.raises(ValueError, match="not in the host's dialect"):
+        to_library("15551234567@s.whatsapp.net")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (401, DisconnectClassification.LOGGED_OUT),
+        (403, DisconnectClassification.TERMINAL),
+        (440, DisconnectClassification.TERMINAL),
+        (515, DisconnectClassification.RESTART_NOW),
+        (408, DisconnectClassification.TRANSIENT),
+        (428, DisconnectClassification.TRANSIENT),
+        (500, DisconnectClassification.TRANSIENT),
+        (503, DisconnectClassification.TRANSIENT),
+        (999, DisconnectClassification.TRANSIENT),
+        (None, DisconnectClassification.TRANSIENT),
+    ],
+)
+def test_disconnect_codes_map_to_the_hosts_classifications(
+    code: int | None, expected: DisconnectClassification
+) -> None:
+    assert classify(code) is expected
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_from_environment_strings() -> None:
+    config = BaileysConfig.model_validate(
+        {
+            "sessions_per_sidecar": "10",
+            "mark_online_on_connect": "true",
+            "websocket_url": "ws://127.0.0.1:9/ws/chat",
+            "auth_dir": "",
+        }
+    )
+    assert config.sessions_per_sidecar == 10
+    assert config.mark_online_on_connect is True
+    assert config.auth_dir is None  # empty means unset
+    assert config.log_level == "warn"
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        {"websocket_url": "http://example.invalid/"},
+        {"sessions_per_sidecar": 0},
+        {"log_level": "loud"},
+        {"authdir": "/typo"},
+    ],
+)
+def test_bad_config_is_refused(blob: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        BaileysConfig.model_validate(blob)
+
+
+# ----------------------------------------------------------------------------- enable
+
+
+@pytest.mark.anyio
+async def test_a_missing_node_leaves_the_plugin_retrying_with_the_fix_named(
+    tmp_path: Path,
+) -> None:
+    auth = tmp_path / "operator-auth"
+    host = make_host(
+        tmp_path,
+        BAILEYS,
+        engines={"baileys": {"node_path": "/nonexistent/node", "auth_dir": str(auth)}},
+    )
+    async with host.running(host.services(), retry=False):
+        record = host.engines["baileys"]
+        assert record.status is PluginStatus.RETRYING
+        assert record.error is not None
+        assert "Node.js was not found" in record.error.message
+        assert "enginehost bridges install" in record.error.message
+        # The operator's auth_dir is honoured although enable failed.
+        engine = host.create_engine("baileys", SessionInfo(id="s-1", name="one"))
+        assert isinstance(engine, BaileysEngine)
+        assert engine.auth_dir == auth / "s-1"
+        # Starting it fails with the same clear message, never a crash.
+        plugin = host.engine_plugin("baileys")
+        assert isinstance(plugin, BaileysPlugin)
+        with pytest.raises(EngineError, match="enginehost bridges install"):
+            plugin.pool()
+
+
+@pytest.mark.anyio
+async def test_enable_resolves_paths_and_node(tmp_path: Path) -> None:
+    host = make_host(tmp_path, BAILEYS, engines={"baileys": {"auth_dir": "rel/auth"}})
+    plugin = host.engine_plugin("baileys")
+    assert isinstance(plugin, BaileysPlugin)
+    if not plugin.sidecar_package.installed_dir(plugin.install_fallback_dir):
+        pytest.skip("the baileys sidecar is not installed (make bridges)")
+    async with host.running(host.services(), retry=False):
+        assert host.engines["baileys"].status is PluginStatus.ENABLED
+        assert plugin.config.auth_dir == tmp_path / "rel" / "auth"
+        assert plugin.config.node_path.startswith("/")
+    # Enabling created nothing on disk.
+    assert not (tmp_path / "rel").exists()
+
+
+def test_session_ids_that_cannot_name_a_folder_are_refused(tmp_path: Path) -> None:
+    plugin = BaileysPlugin({}, data_dir=tmp_path)
+    with pytest.raises(EngineError, match="cannot name an auth folder"):
+        plugin.create_engine(SessionInfo(id="../escape", name="x"))
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def _engine(tmp_path: Path) -> BaileysEngine:
+    return BaileysPlugin({}, data_dir=tmp_path).create_engine(SessionInfo(id="s-1", name="one"))
+
+
+def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    convert = engine._convert
+    assert convert("qr", {"qr": "ref,a,b,c"}) == QrEvent(payload="ref,a,b,c")
+    assert convert("open", {"me": {"id": "15550001111:3@s.whatsapp.net", "name": "Bot"}}) == (
+        ReadyEvent(own_id="15550001111@c.us", push_name="Bot")
+    )
+    closed = convert("close", {"code": 401, "reason": "logged out"})
+    assert closed == DisconnectedEvent(
+        DisconnectClassification.LOGGED_OUT, engine_code=401, reason="logged out"
+    )
+    inbound = convert(
+        "message",
+        {
+            "id": "ABC",
+            "chat": "15551234567@s.whatsapp.net",
+            "sender": "15551234567@s.whatsapp.net",
+            "fromMe": False,
+            "timestamp": 1_700_000_000,
+            "type": "text",
+            "body": "hi",
+            "quotedId": None,
+            "hasMedia": False,
+            "pushName": "Ann",
+        },
+    )
+    assert isinstance(inbound, MessageEvent)
+    message = inbound.message
+    assert (message.message_id, message.chat_id, message.sender) == (
+        "ABC",
+        "15551234567@c.us",
+        "15551234567@c.us",
+    )
+    assert message.body == "hi" and message.type is MessageType.TEXT
+    assert message.timestamp == datetime.fromtimestamp(1_700_000_000, UTC)
+    own = convert(
+        "message",
+        {"id": "X", "chat": "1@g.us", "sender": "2@s.whatsapp.net", "fromMe": True, "type": "poll"},
+    )
+    assert isinstance(own, OwnMessageEvent)
+    assert own.message.type is MessageType.UNKNOWN
+    assert convert("ack", {"id": "X", "chat": "1@g.us", "status": "read"}) == AckEvent(
+        message_id="X", status=AckStatus.READ, chat_id="1@g.us"
+    )
+    stuck = convert("stuck", {"reason": "no app-state key", "bufferedFor": 60})
+    assert isinstance(stuck, ErrorEvent) and stuck.code == "stuck_buffering"
+    # A malformed event is surfaced, not raised into the sidecar reader.
+    broken = convert("message", {"chat": "1@g.us"})
+    assert isinstance(broken, ErrorEvent) and "malformed message" in broken.message
+    assert convert("something-new", {}) is None
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.slow
+def test_bridges_doctor_reports_a_missing_node_and_names_the_fix(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path), "ENGINEHOST_ENGINES__BAILEYS__NODE_PATH": "/nonexistent/node"}
+    doctor = run_cli("bridges", "doctor", "--json", env=env)
+    assert doctor.returncode == 1
+    report = json.loads(doctor.stdout)
+    [baileys] = report["bridges"]
+    assert baileys["engine"] == "baileys" and baileys["library"] == "baileys"
+    assert baileys["libraryVersion"] == "6.17.16"
+    assert baileys["ok"] is False
+    assert any("Node.js was not found" in problem for problem in baileys["problems"])
+    install = run_cli("bridges", "install", env=env)
+    assert install.returncode == 1
+    assert "Node.js was not found" in install.stderr
+    unknown = run_cli("bridges", "doctor", "nope", env=env)
+    assert unknown.returncode == 2 and "unknown bridge nope" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_bridges_doctor_on_an_installed_machine(tmp_path: Path) -> None:
+    plugin = BaileysPlugin({}, data_dir=tmp_path)
+    if not plugin.sidecar_package.installed_dir(plugin.install_fallback_dir):
+        pytest.skip("the baileys sidecar is not installed (make bridges)")
+    doctor = run_cli("bridges", "doctor", env=cli_env(tmp_path))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert doctor.stdout.startswith("baileys: ok — baileys 6.17.16, node v")
