@@ -1,0 +1,53 @@
+'use strict';
+
+/**
+ * Entry point: `node --expose-gc sidecar.js`. Speaks the JSON-lines sidecar protocol
+ * (docs/sidecar-protocol.md) on stdin/stdout and hosts Baileys sessions.
+ */
+
+// stdout is taken for the protocol before anything else is loaded: libraries that log
+// to stdout or call console.* must never reach the host's protocol stream.
+const stdio = require('./lib/stdio');
+
+const writer = stdio.captureStdout();
+stdio.redirectConsole();
+
+let sidecar = null;
+process.on('uncaughtException', (err) => {
+  if (sidecar) sidecar.reportCrash('uncaught_exception', err);
+  else stdio.log('fatal', `uncaught exception: ${(err && err.stack) || err}`);
+});
+process.on('unhandledRejection', (err) => {
+  if (sidecar) sidecar.reportCrash('unhandled_rejection', err);
+  else stdio.log('fatal', `unhandled rejection: ${(err && err.stack) || err}`);
+});
+
+let deps;
+try {
+  deps = require('./lib/deps').loadDependencies();
+} catch (err) {
+  stdio.log('fatal', `cannot load baileys: ${err.stack || err}`);
+  process.exit(1);
+}
+
+const logger = stdio.createLogger(deps.pino, 'info');
+stdio.useLogger(logger);
+
+const { createSidecar } = require('./lib/sidecar');
+
+sidecar = createSidecar({ deps, writer, logger, exit: (code) => process.exit(code) });
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => sidecar.shutdown(signal));
+}
+
+const feed = stdio.createLineSplitter(
+  () => sidecar.maxLineBytes(),
+  (line) => sidecar.handleLine(line),
+  (bytes) => sidecar.lineTooLong(bytes),
+);
+process.stdin.on('data', feed);
+process.stdin.on('end', () => sidecar.shutdown('stdin closed'));
+process.stdin.on('error', (err) => sidecar.shutdown(`stdin failed: ${err.message}`));
+
+sidecar.hello();
