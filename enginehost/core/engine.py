@@ -391,7 +391,6 @@ class Engine(ABC):
         self._sink: EventSink | None = None
         self._closed = anyio.Event()
         self._background: anyio.abc.TaskGroup | None = None
-        self._host_task_group: anyio.abc.TaskGroup | None = None
         self._logged_out = False
 
     @property
@@ -413,7 +412,6 @@ class Engine(ABC):
             )
         self._state = EngineState.STARTING
         self._sink = sink
-        self._host_task_group = task_group
         try:
             await task_group.start(self._background_scope)
             await self._start(sink)
@@ -431,14 +429,6 @@ class Engine(ABC):
             task_status.started()
             await self._closed.wait()
             background.cancel_scope.cancel()
-
-    @property
-    def host_task_group(self) -> anyio.abc.TaskGroup:
-        """The host-owned task group :meth:`start` was given, for work that must outlive
-        this engine object (a sidecar process that other sessions share, say)."""
-        if self._host_task_group is None:
-            raise EngineNotRunningError(f"engine for session {self.session.name!r} never started")
-        return self._host_task_group
 
     def spawn(
         self, function: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None

@@ -43,7 +43,7 @@ from enginehost.core.engine import (
     utc_now,
 )
 from enginehost.core.logging import get_logger
-from enginehost.core.services import HostServices
+from enginehost.core.services import BackgroundTasks, HostServices
 from enginehost.core.settings import ENV_PREFIX, Settings
 
 __all__ = [
@@ -269,6 +269,7 @@ class PluginHost:
         self.engines: dict[str, EngineRecord] = {}
         self._checked_engine_classes: set[type[Engine]] = set()
         self._backoff = Backoff(settings.plugin_retry_base, settings.plugin_retry_cap)
+        self._background = BackgroundTasks()
 
     # ------------------------------------------------------------------ discovery + load
 
@@ -447,7 +448,12 @@ class PluginHost:
     def services(self) -> HostServices:
         from enginehost import __version__
 
-        return HostServices(settings=self.settings, data_dir=self.data_dir, version=__version__)
+        return HostServices(
+            settings=self.settings,
+            data_dir=self.data_dir,
+            version=__version__,
+            background=self._background,
+        )
 
     @asynccontextmanager
     async def running(
@@ -458,19 +464,28 @@ class PluginHost:
         With ``retry`` (the daemon), not-ready plugins are retried in the background until
         the block exits; without it (one-shot CLI commands) they stay ``retrying``.
         """
-        async with anyio.create_task_group() as retries:
-            await self._enable_all(services, retries if retry else None)
+        # Plugins' background work lives in the outer group: it outlasts the shutdown
+        # sequence (a plugin's disable may still need it) and is cancelled after it.
+        async with anyio.create_task_group() as background:
+            services.background.bind(background)
             try:
-                yield self
+                async with anyio.create_task_group() as retries:
+                    await self._enable_all(services, retries if retry else None)
+                    try:
+                        yield self
+                    finally:
+                        retries.cancel_scope.cancel()
+                        with anyio.CancelScope(shield=True):
+                            with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
+                                await self._shutdown(services)
+                            if scope.cancelled_caught:
+                                log.error(
+                                    "plugins.shutdown_timeout",
+                                    seconds=self.settings.shutdown_timeout,
+                                )
             finally:
-                retries.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(self.settings.shutdown_timeout) as scope:
-                        await self._shutdown(services)
-                    if scope.cancelled_caught:
-                        log.error(
-                            "plugins.shutdown_timeout", seconds=self.settings.shutdown_timeout
-                        )
+                services.background.bind(None)
+                background.cancel_scope.cancel()
 
     async def _enable_all(
         self, services: HostServices, retries: anyio.abc.TaskGroup | None

@@ -12,7 +12,7 @@ little (a reconnecting session reuses it) and is then closed.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,11 +24,20 @@ from enginehost.core.backoff import Backoff
 from enginehost.core.logging import get_logger
 from enginehost.sidecar.process import Hello, SidecarGoneError, SidecarProcess
 
-__all__ = ["SessionLink", "SidecarLease", "SidecarPool", "SidecarSpec"]
+__all__ = ["SessionLink", "SidecarLease", "SidecarPool", "SidecarSpec", "TaskStarter"]
 
 _log = get_logger("enginehost.sidecar.pool")
 
 RequestHandler = Callable[[str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+class TaskStarter(Protocol):
+    """Where the pool runs its sidecars: an anyio task group, or the host's
+    :class:`~enginehost.core.services.BackgroundTasks`. It must outlive the sidecars."""
+
+    async def start(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any: ...
+
+    def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None: ...
 
 
 class SessionLink(Protocol):
@@ -129,17 +138,18 @@ class SidecarPool:
         self._crashes = 0
         self._next_spawn_at = 0.0
         self._closed = False
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: TaskStarter | None = None
         self._serial = 0
 
     # ------------------------------------------------------------------ attaching
 
     async def attach(
-        self, session_id: str, link: SessionLink, task_group: anyio.abc.TaskGroup
+        self, session_id: str, link: SessionLink, task_group: TaskStarter
     ) -> SidecarLease:
         """Attach a session to a sidecar with room, starting one if needed.
 
-        ``task_group`` must outlive the pool's sidecars (the host's engine task group).
+        ``task_group`` runs the sidecars and must outlive them (in a plugin: the host's
+        ``services.background``).
         Raises :class:`SidecarGoneError` when a sidecar cannot be started.
         """
         if self._closed:
@@ -168,7 +178,7 @@ class SidecarPool:
                 return member
         return None
 
-    async def _spawn(self, task_group: anyio.abc.TaskGroup) -> _Member:
+    async def _spawn(self, task_group: TaskStarter) -> _Member:
         wait = self._next_spawn_at - time.monotonic()
         if wait > 0:
             _log.info("sidecar.restart_backoff", bridge=self.spec.name, seconds=round(wait, 2))
@@ -291,6 +301,12 @@ class SidecarPool:
             }
             for member in self._members
             if member.alive
+        ]
+
+    async def broadcast(self, method: str) -> list[Mapping[str, Any]]:
+        """Ask every live sidecar ``method`` (no params); the answers, in pool order."""
+        return [
+            await member.process.request(method, {}) for member in self._members if member.alive
         ]
 
     def pids(self) -> list[int]:

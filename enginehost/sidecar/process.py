@@ -165,6 +165,7 @@ class SidecarProcess:
                 tg.start_soon(self._read_stdout, log, hello_ready, tg)
                 failure = await self._handshake(hello_ready, process)
                 if failure is None:
+                    assert self.hello is not None  # the handshake checked it
                     task_status.started(self.hello)
                     tg.start_soon(self._heartbeat, log)
                     await process.wait()

@@ -62,20 +62,35 @@ class ApiHarness:
         return await self.state.sessions.create(name, engine=engine)
 
 
+SANDBOX = importlib.metadata.EntryPoint(
+    name="sandbox", value="enginehost.plugins.sandbox", group="enginehost"
+)
+BAILEYS = importlib.metadata.EntryPoint(
+    name="baileys_bridge", value="enginehost.plugins.baileys_bridge", group="enginehost"
+)
+
+
 @asynccontextmanager
-async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarness]:
+async def api_harness(
+    tmp_path: Path,
+    *,
+    entry_points: Sequence[importlib.metadata.EntryPoint] = (SANDBOX,),
+    **settings: Any,
+) -> AsyncIterator[ApiHarness]:
+    """The API over fresh databases, with the plugins of ``entry_points`` (the sandbox
+    unless told otherwise) enabled as in the daemon."""
+    import dataclasses
+
     from enginehost.core.daemon import build_state
 
     data_dir = tmp_path / "data"
     config = load_settings(data_dir=data_dir, admin_key=ADMIN_SECRET, **settings)
     databases = open_databases(config, data_dir)
     prepare_schemas(databases, auto_migrate=True)
-    sandbox = importlib.metadata.EntryPoint(
-        name="sandbox", value="enginehost.plugins.sandbox", group="enginehost"
-    )
-    plugins = PluginHost(config, data_dir=data_dir, entry_points=[sandbox])
+    plugins = PluginHost(config, data_dir=data_dir, entry_points=list(entry_points))
     plugins.load()
     state = await build_state(config, data_dir, databases, plugins)
+    services = dataclasses.replace(plugins.services(), messages=state.send.messages)
     state.ready = True
     dispatcher = state.deliveries  # a test may stand another in for the routes
     harness = ApiHarness(app=create_app(state), state=state, settings=config, databases=databases)
@@ -85,7 +100,7 @@ async def api_harness(tmp_path: Path, **settings: Any) -> AsyncIterator[ApiHarne
     try:
         async with (
             anyio.create_task_group() as tg,
-            plugins.running(plugins.services(), retry=False),
+            plugins.running(services, retry=False),
             state.manager.running(),
         ):
             tg.start_soon(state.audit.run)

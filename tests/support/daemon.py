@@ -13,11 +13,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Tests never reach WhatsApp: a baileys session a test starts by mistake connects to a
+# loopback port where nothing listens (the discard port), not to the real service.
+LOOPBACK_WHATSAPP = "ws://127.0.0.1:9/ws/chat"
+
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The parent's environment without ENGINEHOST_*, plus a data dir and JSON logs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEHOST_")}
-    env.update(ENGINEHOST_DATA_DIR=str(data_dir), ENGINEHOST_LOG_FORMAT="json", **extra)
+    env.update(
+        ENGINEHOST_DATA_DIR=str(data_dir),
+        ENGINEHOST_LOG_FORMAT="json",
+        ENGINEHOST_ENGINES__BAILEYS__WEBSOCKET_URL=LOOPBACK_WHATSAPP,
+    )
+    env.update(extra)
     return env
 
 

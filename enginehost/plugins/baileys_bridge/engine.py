@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from enginehost import (
 from enginehost.core.logging import get_logger
 from enginehost.plugins.baileys_bridge.disconnects import classify
 from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
-from enginehost.sidecar import SidecarError, SidecarGoneError, SidecarLease, SidecarPool
+from enginehost.sidecar import SessionLink, SidecarError, SidecarGoneError, SidecarLease
 
 __all__ = ["BaileysEngine", "ConnectSlots"]
 
@@ -91,12 +91,12 @@ class BaileysEngine(Engine):
         *,
         engine_name: str,
         auth_dir: Path,
-        pool: Callable[[], SidecarPool],
+        attach: Callable[[str, SessionLink], Awaitable[SidecarLease]],
         slots: ConnectSlots,
     ) -> None:
         super().__init__(session, engine_name=engine_name)
         self.auth_dir = auth_dir
-        self._pool = pool
+        self._attach = attach
         self._slots = slots
         self._lease: SidecarLease | None = None
         self._release_slot: Callable[[], None] = lambda: None
@@ -113,11 +113,11 @@ class BaileysEngine(Engine):
     # ------------------------------------------------------------------ lifecycle
 
     async def _start(self, sink: EventSink) -> None:
-        pool = self._pool()  # raises EngineError naming the fix when the bridge cannot run
         self.spawn(self._report, sink, name=f"baileys-events-{self.session.id}")
         self._release_slot = await self._slots.acquire()
         try:
-            self._lease = await pool.attach(self.session.id, self, self.host_task_group)
+            # Raises EngineError naming the fix when Node or the dependencies are missing.
+            self._lease = await self._attach(self.session.id, self)
             await self._lease.request(
                 "session.start",
                 {"authDir": str(self.auth_dir), "pairingPhone": None},

@@ -16,13 +16,14 @@ from enginehost import (
     EngineNotReadyError,
     EnginePlugin,
     HostServices,
-    MessageLookup,
     SessionInfo,
 )
 from enginehost.plugins.baileys_bridge.config import BaileysConfig
 from enginehost.plugins.baileys_bridge.engine import BaileysEngine, ConnectSlots
 from enginehost.sidecar import (
     NodeRuntime,
+    SessionLink,
+    SidecarLease,
     SidecarPackage,
     SidecarPool,
     SidecarSpec,
@@ -60,7 +61,7 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
         super().__init__(config, data_dir=data_dir)
         self._pool: SidecarPool | None = None
         self._slots = ConnectSlots(self.construction_config.max_concurrent_connects)
-        self._messages: MessageLookup | None = None
+        self._services: HostServices | None = None
         self.runtime: NodeRuntime | None = None
 
     @property
@@ -76,7 +77,9 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
         return self.data_dir / "sidecar"
 
     async def enable(self, services: HostServices) -> None:
-        self._messages = services.messages
+        # Kept first: a plugin whose enable fails still runs sessions (with the
+        # operator's config) and needs the host's background tasks for its sidecars.
+        self._services = services
         runtime = await anyio.to_thread.run_sync(probe_node, self.construction_config.node_path)
         self.runtime = runtime
         if not runtime.ok:
@@ -109,11 +112,22 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
             session,
             engine_name=self.name,
             auth_dir=self.auth_dir / session.id,
-            pool=self.pool,
+            attach=self.attach,
             slots=self._slots,
         )
 
     # ------------------------------------------------------------------ sidecars
+
+    async def attach(self, session_id: str, link: SessionLink) -> SidecarLease:
+        """Attach a session connection to a sidecar of the pool (see :meth:`pool`)."""
+        pool = self.pool()
+        if self._services is None:
+            raise EngineError("the baileys plugin was never enabled by a running host")
+        return await pool.attach(session_id, link, self._services.background)
+
+    async def debug_stats(self) -> list[Mapping[str, Any]]:
+        """Each live sidecar's ``debug.stats`` answer (sockets and listeners per session)."""
+        return await self._pool.broadcast("debug.stats") if self._pool is not None else []
 
     def pool(self) -> SidecarPool:
         """The plugin's sidecar pool, made on first use from :attr:`config`.
@@ -172,13 +186,10 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
         if method != "store.getMessage":
             raise EngineError(f"unknown method {method!r}")
         session, message_id = params.get("session"), params.get("id")
-        if (
-            self._messages is None
-            or not isinstance(session, str)
-            or not isinstance(message_id, str)
-        ):
+        messages = self._services.messages if self._services is not None else None
+        if messages is None or not isinstance(session, str) or not isinstance(message_id, str):
             return {"text": None}
-        return {"text": await self._messages.body_of(session, message_id)}
+        return {"text": await messages.body_of(session, message_id)}
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The running sidecars (name, PID, sessions), for operators and tests."""
