@@ -184,7 +184,7 @@ def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
     )
     closed = convert("close", {"code": 401, "reason": "logged out"})
     assert closed == DisconnectedEvent(
-        DisconnectClassification.LOGGED_OUT, engine_code=401, reason="logged out"
+        DisconnectClassification.LOGGED_OUT, engine_code=401, reason="logged out (code 401)"
     )
     inbound = convert(
         "message",

@@ -122,11 +122,14 @@ class BaileysEngine(Engine):
                 "session.start",
                 {"authDir": str(self.auth_dir), "pairingPhone": None},
             )
-        except SidecarError as exc:
-            self._release_slot()
-            if self._lease is not None:
-                self._lease.detach()
-            raise EngineError(f"baileys sidecar could not start the session: {exc}") from exc
+        except BaseException as exc:
+            # _stop is not called when _start fails, and a stop that cancels a start
+            # lands here too: the socket the sidecar may have made must not outlive us.
+            with anyio.CancelScope(shield=True):
+                await self._leave_sidecar()
+            if isinstance(exc, SidecarError):
+                raise EngineError(f"baileys sidecar could not start the session: {exc}") from exc
+            raise
 
     async def _report(self, sink: EventSink) -> None:
         async with self._queue_out:
@@ -134,6 +137,10 @@ class BaileysEngine(Engine):
                 await sink(event)
 
     async def _stop(self) -> None:
+        await self._leave_sidecar()
+
+    async def _leave_sidecar(self) -> None:
+        """End the session's socket in the sidecar (if any) and stop hearing from it."""
         self._release_slot()
         lease, self._lease = self._lease, None
         if lease is not None:
@@ -284,9 +291,11 @@ def _ready(data: Mapping[str, Any]) -> EngineEvent:
 def _close(data: Mapping[str, Any]) -> EngineEvent:
     code = data.get("code")
     code = code if isinstance(code, int) else None
-    return DisconnectedEvent(
-        classify(code), engine_code=code, reason=str(data.get("reason") or "connection closed")
-    )
+    reason = str(data.get("reason") or "connection closed")
+    # The library's messages ("Stream Errored (unknown)") rarely name the code.
+    if code is not None:
+        reason = f"{reason} (code {code})"
+    return DisconnectedEvent(classify(code), engine_code=code, reason=reason)
 
 
 _CONVERTERS: dict[str, Callable[[Mapping[str, Any]], EngineEvent]] = {

@@ -191,6 +191,10 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
             return {"text": None}
         return {"text": await messages.body_of(session, message_id)}
 
+    def sidecar_pids(self) -> list[int]:
+        """The PIDs of the live sidecars."""
+        return self._pool.pids() if self._pool is not None else []
+
     def snapshot(self) -> list[dict[str, Any]]:
         """The running sidecars (name, PID, sessions), for operators and tests."""
         return self._pool.snapshot() if self._pool is not None else []
