@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/inbound.py
 	$(BIN)/python bench/send.py
 	$(BIN)/python bench/sessions.py
+	$(BIN)/python bench/baileys.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 
 from enginehost.plugins.baileys_bridge import BaileysPlugin
 from tests.support.api import BAILEYS, SANDBOX, ApiHarness, api_harness
+from tests.support.daemon import Daemon, cli_env
 from tests.support.fakewa import FakeWhatsApp, fake_whatsapp, require_node_modules
 from tests.support.wait import until
 
@@ -86,12 +88,14 @@ class Bridge:
 
 @asynccontextmanager
 async def bridge(tmp_path: Path, **config: Any) -> AsyncIterator[Bridge]:
+    """The API with the baileys engine pointed at a fresh fake service."""
     require_node_modules()
     async with fake_whatsapp() as fake:
         blob = {
             "websocket_url": fake.url,
             "auth_dir": str(tmp_path / "auth"),
             "connect_watchdog_ms": 2000,
+            "connect_timeout_ms": 1500,
             "sessions_per_sidecar": 10,
             **config,
         }
@@ -189,6 +193,20 @@ async def test_disconnect_codes_lead_to_the_right_host_action(tmp_path: Path) ->
             await b.wait_status(alpha, "ready")
         for code in (503, 428):
             assert await _reason_seen(b, alpha, f"code {code}")
+        # 500 (bad session) is transient too.
+        mark = b.fake.mark()
+        await b.fake.disconnect(500, alpha_jid)
+        await b.fake.wait_for("loggedIn", since=mark)
+        await b.wait_status(alpha, "ready")
+        assert await _reason_seen(b, alpha, "code 500")
+        # 408: a service that answers nothing times the connection out; it is retried.
+        await b.fake.silent(True)
+        await b.fake.disconnect(428, alpha_jid, drop=True)
+        await until(lambda: _reason_seen(b, alpha, "code 408"), within=15)
+        mark = b.fake.mark()
+        await b.fake.silent(False)
+        await b.fake.wait_for("loggedIn", since=mark, timeout=15)
+        await b.wait_status(alpha, "ready")
 
         # 440 (replaced) and 403 (forbidden): terminal, the session stays down.
         await b.fake.disconnect(440, alpha_jid)
@@ -299,3 +317,86 @@ async def test_stop_while_connecting_keeps_the_sidecar_alive(tmp_path: Path, han
         await b.client.post(f"/api/sessions/{session_id}/start")
         await b.qr(session_id)
         assert b.plugin.sidecar_pids() == [pid]
+
+
+async def test_a_session_stuck_without_the_app_state_key_is_reported_and_released(
+    tmp_path: Path,
+) -> None:
+    async with bridge(tmp_path, app_state_timeout_ms=1500) as b:
+        session_id = await b.create("alpha")
+        await b.fake.scan(await b.qr(session_id), phone=PHONE, share_app_state_key=False)
+        await b.wait_status(session_id, "ready")
+        await b.fake.send_text(PHONE, "held back", sender=CONTACT)
+
+        async def stored() -> bool:
+            answer = await b.client.get(f"/api/sessions/{session_id}/messages")
+            return [m["body"] for m in answer.json()["messages"]] == ["held back"]
+
+        # Without the release the library would hold the message (and grow) forever.
+        await until(stored, within=15, poll=0.1)
+        session = await b.session(session_id)
+        assert "app-state key" in (session["lastError"] or "")
+        assert session["status"] == "ready"
+
+
+async def test_a_pairing_code_is_requested_through_the_api(tmp_path: Path) -> None:
+    async with bridge(tmp_path) as b:
+        session_id = await b.create("alpha")
+        await b.qr(session_id)
+        response = await b.client.post(
+            f"/api/sessions/{session_id}/pairing-code", json={"phoneNumber": "15550009999"}
+        )
+        assert response.status_code in (200, 201), response.text
+        code = response.json()["pairingCode"]
+        assert len(code.replace("-", "")) == 8
+
+
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_a_host_killed_with_sigkill_leaves_no_sidecar(tmp_path: Path) -> None:
+    require_node_modules()
+    async with fake_whatsapp() as fake:
+        env = cli_env(
+            tmp_path / "data",
+            ENGINEHOST_ENGINES__BAILEYS__WEBSOCKET_URL=fake.url,
+            ENGINEHOST_DEFAULT_ENGINE="baileys",
+        )
+        daemon = Daemon(env)
+        try:
+            await anyio.to_thread.run_sync(daemon.start)
+            key = (tmp_path / "data" / "admin-api-key").read_text().strip()
+            async with httpx.AsyncClient(
+                base_url=daemon.url, headers={"X-API-Key": key}, timeout=10
+            ) as client:
+                created = await client.post("/api/sessions", json={"name": "alpha", "start": True})
+                assert created.status_code in (200, 201), created.text
+
+                async def shows_qr() -> bool:
+                    answer = await client.get("/api/sessions/alpha/qr")
+                    return answer.status_code == 200 and bool(answer.json().get("qr"))
+
+                await until(shows_qr, within=30, poll=0.1)
+            [sidecar] = _children(daemon.process.pid)
+            assert "sidecar.js" in _command_line(sidecar)
+            daemon.process.kill()  # SIGKILL, by PID: no cleanup code of the host runs
+            await anyio.to_thread.run_sync(daemon.process.wait)
+            await until(lambda: not _alive(sidecar), within=10)
+            await _connections(fake, 0)
+        finally:
+            daemon.kill()

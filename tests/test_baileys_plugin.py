@@ -4,11 +4,16 @@ the `enginehost bridges` commands as a user runs them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 from pydantic import ValidationError
 
@@ -27,9 +32,16 @@ from enginehost import (
     SessionInfo,
 )
 from enginehost.core.plugins import PluginStatus
-from enginehost.plugins.baileys_bridge import BaileysConfig, BaileysEngine, BaileysPlugin
+from enginehost.core.services import BackgroundTasks
+from enginehost.plugins.baileys_bridge import (
+    BAILEYS_PACKAGE,
+    BaileysConfig,
+    BaileysEngine,
+    BaileysPlugin,
+)
 from enginehost.plugins.baileys_bridge.disconnects import classify
 from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
+from enginehost.sidecar import SidecarPackage, SidecarProcess, probe_node
 from tests.conftest import entry_point, make_host
 from tests.support.daemon import cli_env, run_cli
 
@@ -256,3 +268,98 @@ def test_bridges_doctor_on_an_installed_machine(tmp_path: Path) -> None:
     doctor = run_cli("bridges", "doctor", env=cli_env(tmp_path))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert doctor.stdout.startswith("baileys: ok — baileys 6.17.16, node v")
+
+
+# ----------------------------------------------------------------------------- install
+
+
+def _package_copy(tmp_path: Path) -> SidecarPackage:
+    """The baileys sidecar package, copied without its node_modules."""
+    source = BAILEYS_PACKAGE.source_dir
+    copy = tmp_path / "package"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("node_modules"))
+    return dataclasses.replace(BAILEYS_PACKAGE, source_dir=copy)
+
+
+@pytest.mark.anyio
+async def test_missing_dependencies_leave_the_plugin_retrying_with_the_fix_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BaileysPlugin, "sidecar_package", _package_copy(tmp_path))
+    host = make_host(tmp_path, BAILEYS)
+    async with host.running(host.services(), retry=False):
+        record = host.engines["baileys"]
+        assert record.status is PluginStatus.RETRYING
+        assert record.error is not None
+        assert "dependencies are not installed" in record.error.message
+        assert "enginehost bridges install" in record.error.message
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_read_only_package_installs_into_the_engine_dir_and_runs_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = probe_node()
+    if not runtime.ok:
+        pytest.skip(f"needs Node.js: {runtime.problem}")
+    package = _package_copy(tmp_path)
+    fallback = tmp_path / "engine" / "sidecar"
+    # As root every directory is writable; stand in for a read-only site-packages.
+    real_access = os.access
+    monkeypatch.setattr(
+        "enginehost.sidecar.package.os.access",
+        lambda path, mode: False if Path(path) == package.source_dir else real_access(path, mode),
+    )
+    assert package.install_dir(fallback) == fallback
+    where = await anyio.to_thread.run_sync(package.install, runtime, fallback)
+    assert where == fallback
+    assert not (package.source_dir / "node_modules").exists()
+    assert package.installed_dir(fallback) == fallback
+    assert package.problems_in(fallback) == []
+    # A sidecar started from the package directory finds the installed modules.
+    monkeypatch.setattr(BaileysPlugin, "sidecar_package", package)
+    plugin = BaileysPlugin({}, data_dir=tmp_path / "engine")
+    spec = plugin._spec()
+    assert spec.env is not None
+    assert spec.env["ENGINEHOST_SIDECAR_NODE_MODULES"] == str(fallback / "node_modules")
+    events: list[Any] = []
+
+    async def on_event(*event: Any) -> None:
+        events.append(event)
+
+    async def on_request(method: str, params: Any) -> Any:
+        return {}
+
+    process = SidecarProcess(
+        spec.command,
+        name="fallback",
+        init_params=spec.init_params,
+        on_event=on_event,
+        on_request=on_request,
+        cwd=spec.cwd,
+        env=spec.env,
+    )
+    async with anyio.create_task_group() as tg:
+        hello = await tg.start(process.run)
+        assert (hello.library, hello.library_version) == ("baileys", "6.17.16")
+        await process.close()
+
+
+@pytest.mark.anyio
+async def test_the_sidecar_gets_stored_message_bodies_for_retries(tmp_path: Path) -> None:
+    class Lookup:
+        async def body_of(self, session_id: str, message_id: str) -> str | None:
+            return f"{session_id}/{message_id}" if message_id == "known" else None
+
+    plugin = BaileysPlugin({}, data_dir=tmp_path)
+    services = dataclasses.replace(
+        make_host(tmp_path).services(), messages=Lookup(), background=BackgroundTasks()
+    )
+    plugin._services = services
+    ask = plugin._answer_sidecar
+    params = {"session": "s-1", "jid": "1@s.whatsapp.net", "fromMe": True}
+    assert await ask("store.getMessage", {**params, "id": "known"}) == {"text": "s-1/known"}
+    assert await ask("store.getMessage", {**params, "id": "other"}) == {"text": None}
+    with pytest.raises(EngineError, match="unknown method"):
+        await ask("store.delete", params)

@@ -85,10 +85,14 @@ class Session {
       useClones: false,
       deleteOnExpire: true,
     });
-    const keys = makeCacheableSignalKeyStore(this.trackedKeys(state.keys), this.logger, keyCache);
+    // A logger of this socket's own, silenced at teardown: the library keeps logging
+    // failures of work that was in flight when the socket ended ("Connection Closed"),
+    // which after a deliberate end are noise, not errors.
+    const socketLogger = this.logger.child({});
+    const keys = makeCacheableSignalKeyStore(this.trackedKeys(state.keys), socketLogger, keyCache);
     const config = {
       auth: { creds: state.creds, keys },
-      logger: this.logger,
+      logger: socketLogger,
       // browser[0] is the device name the phone lists; browser[1] must be a platform
       // WhatsApp knows.
       browser: [settings.browserName, 'Chrome', os.release()],
@@ -111,6 +115,7 @@ class Session {
       pairingRequested: false,
       qrWaiters: [],
       keyCache,
+      logger: socketLogger,
       watchdog: null,
       stuckTimer: null,
     };
@@ -292,6 +297,7 @@ class Session {
       // Same tick as end(): a socket still CONNECTING emits an 'error' after end()
       // removed Baileys' own handler, which would otherwise crash the process.
       sock.ws.on('error', noop);
+      conn.logger.level = 'silent';
     }
     conn.keyCache.close();
     conn.keyCache.flushAll();
