@@ -40,12 +40,28 @@ from enginehost.plugins.baileys_bridge import (
     BaileysPlugin,
 )
 from enginehost.plugins.baileys_bridge.disconnects import classify
+from enginehost.plugins.baileys_bridge.engine import ConnectSlots
 from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
-from enginehost.sidecar import SidecarPackage, SidecarProcess, probe_node
+from enginehost.sidecar import (
+    SidecarError,
+    SidecarGoneError,
+    SidecarLease,
+    SidecarPackage,
+    SidecarProcess,
+    probe_node,
+)
 from tests.conftest import entry_point, make_host
 from tests.support.daemon import cli_env, run_cli
+from tests.support.wait import until
 
 BAILEYS = entry_point("baileys_bridge", "enginehost.plugins.baileys_bridge")
+
+
+def _missing(reason: str) -> None:
+    """Skip for want of Node or the installed bridge; CI installs both, so fail there."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 # ----------------------------------------------------------------------------- dialects
@@ -156,7 +172,7 @@ async def test_a_missing_node_leaves_the_plugin_retrying_with_the_fix_named(
         plugin = host.engine_plugin("baileys")
         assert isinstance(plugin, BaileysPlugin)
         with pytest.raises(EngineError, match="enginehost bridges install"):
-            plugin.pool()
+            await plugin.attach("s-1", engine)
 
 
 @pytest.mark.anyio
@@ -165,7 +181,7 @@ async def test_enable_resolves_paths_and_node(tmp_path: Path) -> None:
     plugin = host.engine_plugin("baileys")
     assert isinstance(plugin, BaileysPlugin)
     if not plugin.sidecar_package.installed_dir(plugin.install_fallback_dir):
-        pytest.skip("the baileys sidecar is not installed (make bridges)")
+        _missing("the baileys sidecar is not installed (make bridges)")
     async with host.running(host.services(), retry=False):
         assert host.engines["baileys"].status is PluginStatus.ENABLED
         assert plugin.config.auth_dir == tmp_path / "rel" / "auth"
@@ -264,7 +280,7 @@ def test_bridges_doctor_reports_a_missing_node_and_names_the_fix(tmp_path: Path)
 def test_bridges_doctor_on_an_installed_machine(tmp_path: Path) -> None:
     plugin = BaileysPlugin({}, data_dir=tmp_path)
     if not plugin.sidecar_package.installed_dir(plugin.install_fallback_dir):
-        pytest.skip("the baileys sidecar is not installed (make bridges)")
+        _missing("the baileys sidecar is not installed (make bridges)")
     doctor = run_cli("bridges", "doctor", env=cli_env(tmp_path))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert doctor.stdout.startswith("baileys: ok — baileys 6.17.16, node v")
@@ -302,7 +318,7 @@ async def test_a_read_only_package_installs_into_the_engine_dir_and_runs_from_th
 ) -> None:
     runtime = probe_node()
     if not runtime.ok:
-        pytest.skip(f"needs Node.js: {runtime.problem}")
+        _missing(f"needs Node.js: {runtime.problem}")
     package = _package_copy(tmp_path)
     fallback = tmp_path / "engine" / "sidecar"
     # As root every directory is writable; stand in for a read-only site-packages.
@@ -361,5 +377,72 @@ async def test_the_sidecar_gets_stored_message_bodies_for_retries(tmp_path: Path
     params = {"session": "s-1", "jid": "1@s.whatsapp.net", "fromMe": True}
     assert await ask("store.getMessage", {**params, "id": "known"}) == {"text": "s-1/known"}
     assert await ask("store.getMessage", {**params, "id": "other"}) == {"text": None}
-    with pytest.raises(EngineError, match="unknown method"):
+    with pytest.raises(SidecarError) as unknown:
         await ask("store.delete", params)
+    assert unknown.value.code == "unknown_method"
+    with pytest.raises(SidecarError) as bad:
+        await ask("store.getMessage", {**params, "id": ""})
+    assert bad.value.code == "bad_params" and str(bad.value).startswith("id:")
+
+
+@pytest.mark.anyio
+async def test_a_start_the_sidecar_cannot_serve_now_is_a_transient_disconnect(
+    tmp_path: Path,
+) -> None:
+    async def gone(session_id: str, link: object) -> SidecarLease:
+        raise SidecarGoneError("gone", "the sidecar exited during the handshake")
+
+    engine = BaileysEngine(
+        SessionInfo(id="s-1", name="one"),
+        engine_name="baileys",
+        auth_dir=tmp_path / "auth",
+        attach=gone,
+        slots=ConnectSlots(1),
+    )
+    events: list[object] = []
+
+    async def sink(event: object) -> None:
+        events.append(event)
+
+    async with anyio.create_task_group() as tg:
+        await engine.start(sink, tg)  # does not raise: the session is not failed for good
+        await until(lambda: events != [])
+        [event] = events
+        assert isinstance(event, DisconnectedEvent)
+        assert event.classification is DisconnectClassification.TRANSIENT
+        assert "exited during the handshake" in event.reason
+        await engine.stop()
+
+
+@pytest.mark.anyio
+async def test_waiting_too_long_for_a_connect_slot_is_a_transient_disconnect(
+    tmp_path: Path,
+) -> None:
+    slots = ConnectSlots(1)
+    held = await slots.acquire(1)
+    assert held is not None
+
+    async def never(session_id: str, link: object) -> SidecarLease:
+        raise AssertionError("must not attach without a slot")
+
+    engine = BaileysEngine(
+        SessionInfo(id="s-1", name="one"),
+        engine_name="baileys",
+        auth_dir=tmp_path / "auth",
+        attach=never,
+        slots=slots,
+        slot_wait=0.1,
+    )
+    events: list[object] = []
+
+    async def sink(event: object) -> None:
+        events.append(event)
+
+    async with anyio.create_task_group() as tg:
+        await engine.start(sink, tg)
+        await until(lambda: events != [])
+        [event] = events
+        assert isinstance(event, DisconnectedEvent)
+        assert event.engine_code == "connect_slots_busy"
+        await engine.stop()
+    held()

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from structlog.testing import capture_logs
 
 from enginehost.core.backoff import Backoff
 from enginehost.sidecar import (
@@ -111,6 +112,18 @@ def _process(recorder: _Recorder, *behaviours: str, **options: Any) -> SidecarPr
 async def test_handshake_requests_events_and_requests_from_the_sidecar() -> None:
     recorder = _Recorder()
     process = _process(recorder, "noise", "stderr", max_line_bytes=1000)
+    with capture_logs() as logs:
+        await _exercise(process, recorder)
+    # stdout noise was logged and skipped; stderr lines joined the host's log, the
+    # sidecar's JSON log line with its level and session id.
+    events = [entry["event"] for entry in logs]
+    assert "sidecar.stdout_not_json" in events and "sidecar.line_too_long" in events
+    [copied] = [entry for entry in logs if entry.get("message") == "scripted warning"]
+    assert copied["log_level"] == "warning" and copied["session_id"] == "s-1"
+    assert any(entry.get("line") == "plain stderr text" for entry in logs)
+
+
+async def _exercise(process: SidecarProcess, recorder: _Recorder) -> None:
     async with anyio.create_task_group() as tg:
         hello = await tg.start(process.run)
         assert hello.protocol == 1
@@ -173,6 +186,33 @@ async def test_an_unanswered_heartbeat_kills_the_sidecar() -> None:
             await process.exited.wait()
     assert "heartbeat" in process.exit_reason
     assert process.pid is not None and not _alive(process.pid)
+
+
+async def test_a_slow_host_is_not_taken_for_a_hung_sidecar() -> None:
+    # The host takes each event slowly; the sidecar's ping replies queue behind them in
+    # the pipe, so pings time out although the sidecar is fine.
+    taken: list[int] = []
+
+    async def slow(session: str | None, event: str, data: Mapping[str, Any]) -> None:
+        await anyio.sleep(0.05)
+        taken.append(data["n"])
+
+    process = SidecarProcess(
+        _command("flood=30"),
+        name="flooding",
+        init_params={},
+        on_event=slow,
+        on_request=_Recorder().on_request,
+        heartbeat_interval=0.05,
+        heartbeat_timeout=0.2,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(process.run)
+        await until(lambda: len(taken) == 30, within=10)
+        assert not process.exited.is_set()
+        assert await process.request("ping", {}) == {"sessions": 0, "rss": 1, "heapUsed": 1}
+        await process.close()
+    assert taken == list(range(30))
 
 
 async def test_requests_waiting_when_the_sidecar_dies_fail_at_once() -> None:
@@ -282,8 +322,7 @@ async def test_an_idle_sidecar_is_closed_after_its_grace_period(
     assert again.pid == pid
     again.detach()
     # ... and once it is really idle, the process ends.
-    await until(lambda: pool.snapshot() == [], within=5)
-    assert not _alive(pid)
+    await until(lambda: pool.snapshot() == [] and not _alive(pid), within=5)
     await pool.aclose()
 
 

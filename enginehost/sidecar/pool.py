@@ -94,10 +94,13 @@ class _Member:
 class SidecarLease:
     """One session's attachment to one sidecar. Requests name the session for you."""
 
-    def __init__(self, pool: SidecarPool, member: _Member, session_id: str) -> None:
+    def __init__(
+        self, pool: SidecarPool, member: _Member, session_id: str, link: SessionLink
+    ) -> None:
         self._pool = pool
         self._member = member
         self.session_id = session_id
+        self._link = link
         self._detached = False
 
     @property
@@ -122,7 +125,7 @@ class SidecarLease:
         if self._detached:
             return
         self._detached = True
-        self._pool._release(self._member, self.session_id)
+        self._pool._release(self._member, self.session_id, self._link)
 
 
 class SidecarPool:
@@ -168,7 +171,7 @@ class SidecarPool:
             member.idle_since = None
         finally:
             member.reserved -= 1
-        return SidecarLease(self, member, session_id)
+        return SidecarLease(self, member, session_id, link)
 
     def _member_with_room(self) -> _Member | None:
         # Fill sidecars in order: fewer processes, and the fixed cost of each (a Node
@@ -211,6 +214,9 @@ class SidecarPool:
         except BaseException:
             self._note_crash()
             raise
+        if self._closed:  # the pool closed while this one was starting
+            await member.process.close()
+            raise SidecarGoneError("closed", f"the {self.spec.name} bridge is shutting down")
         self._members.append(member)
         return member
 
@@ -272,8 +278,10 @@ class SidecarPool:
             return
         await link.on_event(event, data)
 
-    def _release(self, member: _Member, session_id: str) -> None:
-        member.links.pop(session_id, None)
+    def _release(self, member: _Member, session_id: str, link: SessionLink) -> None:
+        # Only this lease's link: a newer connection of the session may hold the slot.
+        if member.links.get(session_id) is link:
+            del member.links[session_id]
         if member.load == 0 and member.alive and not self._closed:
             member.idle_since = time.monotonic()
             if self._task_group is not None:
@@ -286,7 +294,10 @@ class SidecarPool:
             idle_since is not None
             and member.load == 0
             and time.monotonic() - idle_since >= self.spec.idle_close_after * 0.99
+            and member in self._members
         ):
+            # Out of the pool first, so no session attaches to a sidecar that is closing.
+            self._members.remove(member)
             await member.process.close()
 
     # ------------------------------------------------------------------ inspection, close

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ _log = get_logger("enginehost.sidecar")
 # pino's numeric levels, as the sidecar writes them on stderr.
 _PINO_LEVELS = {10: "debug", 20: "debug", 30: "info", 40: "warning", 50: "error", 60: "critical"}
 _STDERR_LINE_MAX = 64 * 1024
+_DRAIN_SECONDS = 2.0
 _STDERR_KEPT = 20
 
 
@@ -127,6 +129,8 @@ class SidecarProcess:
         self.hello: Hello | None = None
         self.exited = anyio.Event()
         self.exit_reason = ""
+        self._handing_over = 0
+        self._last_handover = 0.0
         self.closing_by_host = False
 
     @property
@@ -149,6 +153,11 @@ class SidecarProcess:
                 stdin=-1,
                 stdout=-1,
                 stderr=-1,
+                # Its own session: a Ctrl-C meant for the host (the terminal signals
+                # the whole foreground group) must not kill the sidecar before the
+                # host has stopped its sessions. It ends with the host all the same
+                # (end of stdin, and the parent-death signal where available).
+                start_new_session=True,
             )
         except OSError as exc:
             self.exit_reason = f"could not start {self.command[0]!r}: {exc}"
@@ -158,17 +167,22 @@ class SidecarProcess:
         log = _log.bind(sidecar=self.name, pid=process.pid)
         log.info("sidecar.started", command=self.command[-1])
         hello_ready: anyio.Event = anyio.Event()
+        stdout_done: anyio.Event = anyio.Event()
         failure: SidecarGoneError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_stderr, log)
-                tg.start_soon(self._read_stdout, log, hello_ready, tg)
+                tg.start_soon(self._read_stdout, log, hello_ready, stdout_done, tg)
                 failure = await self._handshake(hello_ready, process)
                 if failure is None:
                     assert self.hello is not None  # the handshake checked it
                     task_status.started(self.hello)
                     tg.start_soon(self._heartbeat, log)
                     await process.wait()
+                    # What the sidecar wrote before it ended (its last events and
+                    # replies) is still in the pipe: read it before giving up.
+                    with anyio.move_on_after(_DRAIN_SECONDS):
+                        await stdout_done.wait()
                 tg.cancel_scope.cancel()
         finally:
             if failure is not None:
@@ -272,12 +286,14 @@ class SidecarProcess:
         send, receive = anyio.create_memory_object_stream[Mapping[str, Any]](1)
         self._pending[request_id] = send
         try:
-            await self._write(
-                {"type": "request", "id": request_id, "method": method, "params": params}
-            )
             limit = self.request_timeout if seconds is None else seconds
             reply: Mapping[str, Any] | None = None
+            # One deadline for writing and answering: a sidecar that stopped reading
+            # its stdin must not hold a caller (or the heartbeat) forever.
             with anyio.move_on_after(limit):
+                await self._write(
+                    {"type": "request", "id": request_id, "method": method, "params": params}
+                )
                 try:
                     reply = await receive.receive()
                 except anyio.EndOfStream:
@@ -321,42 +337,70 @@ class SidecarProcess:
     # ------------------------------------------------------------------ readers
 
     async def _read_stdout(
-        self, log: Any, hello_ready: anyio.Event, tg: anyio.abc.TaskGroup
+        self,
+        log: Any,
+        hello_ready: anyio.Event,
+        stdout_done: anyio.Event,
+        tg: anyio.abc.TaskGroup,
     ) -> None:
         process = self._process
         assert process is not None
         assert process.stdout is not None
-        async for line in bounded_lines(process.stdout, self._max_line_bytes):
-            if isinstance(line, OverlongLine):
-                log.warning("sidecar.line_too_long", bytes=line.length, limit=self._max_line_bytes)
-                continue
+        try:
+            async for line in bounded_lines(process.stdout, self._max_line_bytes):
+                if isinstance(line, OverlongLine):
+                    log.warning(
+                        "sidecar.line_too_long", bytes=line.length, limit=self._max_line_bytes
+                    )
+                    continue
+                try:
+                    await self._dispatch(line, log, hello_ready, tg)
+                except Exception as exc:
+                    # One bad line must never end the reader: every session of the
+                    # sidecar hangs on it.
+                    log.error("sidecar.line_failed", error=repr(exc), exc_info=exc)
+        finally:
+            stdout_done.set()
+            hello_ready.set()  # no hello is coming any more: the handshake can fail now
+
+    async def _dispatch(
+        self, line: bytes, log: Any, hello_ready: anyio.Event, tg: anyio.abc.TaskGroup
+    ) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            log.warning("sidecar.stdout_not_json", line=line[:200].decode(errors="replace"))
+            return
+        kind = message.get("type")
+        if kind == "reply":
+            waiter = self._pending.get(str(message.get("id")))
+            if waiter is not None:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    waiter.send_nowait(message)  # a duplicate reply finds the slot taken
+        elif kind == "event":
+            session = message.get("session")
+            data = message.get("data")
+            # While an event is being handed over the host, not the sidecar, is slow:
+            # the heartbeat must not take that for a hung sidecar.
+            self._handing_over += 1
             try:
-                message = json.loads(line)
-            except ValueError:
-                message = None
-            if not isinstance(message, dict):
-                log.warning("sidecar.stdout_not_json", line=line[:200].decode(errors="replace"))
-                continue
-            kind = message.get("type")
-            if kind == "reply":
-                waiter = self._pending.get(str(message.get("id")))
-                if waiter is not None:
-                    waiter.send_nowait(message)
-            elif kind == "event":
-                session = message.get("session")
-                data = message.get("data")
                 await self._on_event(
                     session if isinstance(session, str) else None,
                     str(message.get("event")),
                     data if isinstance(data, dict) else {},
                 )
-            elif kind == "request":
-                tg.start_soon(self._answer, message, log)
-            elif kind == "hello" and self.hello is None:
-                self.hello = _parse_hello(message)
-                hello_ready.set()
-            else:
-                log.warning("sidecar.unknown_message", type=kind)
+            finally:
+                self._handing_over -= 1
+                self._last_handover = time.monotonic()
+        elif kind == "request":
+            tg.start_soon(self._answer, message, log)
+        elif kind == "hello" and self.hello is None:
+            self.hello = _parse_hello(message)
+            hello_ready.set()
+        else:
+            log.warning("sidecar.unknown_message", type=kind)
 
     async def _answer(self, message: Mapping[str, Any], log: Any) -> None:
         request_id = message.get("id")
@@ -380,8 +424,8 @@ class SidecarProcess:
                 "ok": False,
                 "error": {"code": code, "message": str(exc)},
             }
-        # Gone meanwhile: nobody is waiting for the answer any more.
-        with contextlib.suppress(SidecarError):
+        # Gone meanwhile (or not reading): nobody is waiting for the answer any more.
+        with contextlib.suppress(SidecarError), anyio.move_on_after(self.request_timeout):
             await self._write(reply)
 
     async def _read_stderr(self, log: Any) -> None:
@@ -400,11 +444,17 @@ class SidecarProcess:
     async def _heartbeat(self, log: Any) -> None:
         while True:
             await anyio.sleep(self._heartbeat_interval)
+            began = time.monotonic()
             try:
                 await self.request("ping", {}, seconds=self._heartbeat_timeout)
             except SidecarGoneError:
                 return
             except SidecarError as exc:
+                if self._handing_over or self._last_handover >= began:
+                    # The reply may be queued behind events the host is slow to take:
+                    # the host is behind, the sidecar is not hung.
+                    log.warning("sidecar.heartbeat_late_host_busy", error=str(exc))
+                    continue
                 log.error("sidecar.unresponsive", error=str(exc))
                 self.kill(f"no heartbeat answer within {self._heartbeat_timeout:g} s")
                 return

@@ -10,7 +10,8 @@ with the answer). Behaviours:
 * ``noise``: write a non-JSON line and an overlong line on stdout before the hello;
 * ``hang-pings``: stop answering pings after the first;
 * ``exit-after-init``: exit (code 3) right after answering init;
-* ``stderr``: write a pino-style JSON log line and a plain line on stderr at start.
+* ``stderr``: write a pino-style JSON log line and a plain line on stderr at start;
+* ``flood=N``: right after init, emit N events for session ``f`` at once.
 
 It exits on end of stdin, as real sidecars do.
 """
@@ -24,6 +25,7 @@ import threading
 
 ARGS = set(sys.argv[1:])
 PROTOCOL = next((int(a.split("=", 1)[1]) for a in ARGS if a.startswith("protocol=")), 1)
+FLOOD = next((int(a.split("=", 1)[1]) for a in ARGS if a.startswith("flood=")), 0)
 _lock = threading.Lock()
 _waiting: dict[str, threading.Event] = {}
 _answers: dict[str, object] = {}
@@ -87,6 +89,8 @@ def main() -> None:
             reply(rid, {})
             if "exit-after-init" in ARGS:
                 sys.exit(3)
+            for number in range(FLOOD):
+                send({"type": "event", "event": "tick", "session": "f", "data": {"n": number}})
         elif method == "ping":
             pings += 1
             if "hang-pings" in ARGS and pings > 1:

@@ -3,7 +3,9 @@
 The engine attaches its session to a sidecar of the plugin's pool, asks the sidecar to
 start a socket, and turns the sidecar's events into the host's engine events. Events
 are queued per session and reported in order by a task of the engine's own, so a slow
-sink for one session never holds up the sidecar's other sessions (or its heartbeat).
+sink for one session does not hold up the sidecar's other sessions until that queue is
+full (10,000 events); then the sidecar's output waits rather than the host's memory
+growing, and the sidecar's heartbeat knows the host, not the sidecar, is behind.
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ __all__ = ["BaileysEngine", "ConnectSlots"]
 
 _log = get_logger("enginehost.baileys")
 
-# Per-session queue of sidecar events; a sidecar reader waits when it is full, which
-# slows that sidecar's stdout (and so Node) rather than growing memory here.
-_QUEUE = 1_000
-_STOP_TIMEOUT = 10.0
+_QUEUE = 10_000
+# Shorter than the host's teardown timeout (10 s by default), so a slow sidecar answer
+# still leaves time to detach cleanly.
+_STOP_TIMEOUT = 5.0
 
 
 class ConnectSlots:
@@ -68,9 +70,14 @@ class ConnectSlots:
     def __init__(self, limit: int) -> None:
         self._semaphore = anyio.Semaphore(limit)
 
-    async def acquire(self) -> Callable[[], None]:
-        """Wait for a slot; returns an idempotent release."""
-        await self._semaphore.acquire()
+    async def acquire(self, within: float) -> Callable[[], None] | None:
+        """Wait up to ``within`` seconds for a slot: an idempotent release, or ``None``."""
+        with anyio.move_on_after(within):
+            await self._semaphore.acquire()
+            return self._releaser()
+        return None
+
+    def _releaser(self) -> Callable[[], None]:
         released = False
 
         def release() -> None:
@@ -93,16 +100,16 @@ class BaileysEngine(Engine):
         auth_dir: Path,
         attach: Callable[[str, SessionLink], Awaitable[SidecarLease]],
         slots: ConnectSlots,
+        slot_wait: float = 60.0,
     ) -> None:
         super().__init__(session, engine_name=engine_name)
         self.auth_dir = auth_dir
         self._attach = attach
         self._slots = slots
+        self._slot_wait = slot_wait
         self._lease: SidecarLease | None = None
         self._release_slot: Callable[[], None] = lambda: None
-        send, receive = anyio.create_memory_object_stream[EngineEvent](_QUEUE)
-        self._queue_in: MemoryObjectSendStream[EngineEvent] = send
-        self._queue_out: MemoryObjectReceiveStream[EngineEvent] = receive
+        self._queue_in, self._queue_out = _queue()
         self._connection_over = False
 
     @property
@@ -114,7 +121,16 @@ class BaileysEngine(Engine):
 
     async def _start(self, sink: EventSink) -> None:
         self.spawn(self._report, sink, name=f"baileys-events-{self.session.id}")
-        self._release_slot = await self._slots.acquire()
+        # Bounded: the host's init deadline runs meanwhile, and a session that waits
+        # past it would fail for good; a transient disconnect retries it with backoff.
+        release = await self._slots.acquire(self._slot_wait)
+        if release is None:
+            await self._unavailable(
+                "connect_slots_busy",
+                f"no connect slot within {self._slot_wait:g} s (max_concurrent_connects)",
+            )
+            return
+        self._release_slot = release
         try:
             # Raises EngineError naming the fix when Node or the dependencies are missing.
             self._lease = await self._attach(self.session.id, self)
@@ -127,9 +143,25 @@ class BaileysEngine(Engine):
             # lands here too: the socket the sidecar may have made must not outlive us.
             with anyio.CancelScope(shield=True):
                 await self._leave_sidecar()
+            if isinstance(exc, SidecarGoneError) or (
+                isinstance(exc, SidecarError) and exc.code == "timeout"
+            ):
+                # The sidecar died or lagged: worth another try, not a failed session.
+                await self._unavailable("sidecar_unavailable", f"the sidecar failed: {exc}")
+                return
             if isinstance(exc, SidecarError):
                 raise EngineError(f"baileys sidecar could not start the session: {exc}") from exc
             raise
+
+    async def _unavailable(self, code: str, reason: str) -> None:
+        """Report a start that could not happen now as a transient disconnect."""
+        self._connection_over = True
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._queue_in.send(
+                DisconnectedEvent(
+                    DisconnectClassification.TRANSIENT, engine_code=code, reason=reason
+                )
+            )
 
     async def _report(self, sink: EventSink) -> None:
         async with self._queue_out:
@@ -138,30 +170,33 @@ class BaileysEngine(Engine):
 
     async def _stop(self) -> None:
         await self._leave_sidecar()
-
-    async def _leave_sidecar(self) -> None:
-        """End the session's socket in the sidecar (if any) and stop hearing from it."""
-        self._release_slot()
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            with contextlib.suppress(SidecarError):
-                await lease.request("session.stop", {}, seconds=_STOP_TIMEOUT)
-            lease.detach()
         self._queue_in.close()
 
-    async def _logout(self) -> None:
+    async def _leave_sidecar(self, method: str = "session.stop") -> None:
+        """End the session's socket in the sidecar (``session.stop``, or ``session.logout``
+        to unlink first), forget the session there, and stop hearing from it."""
         self._release_slot()
         lease, self._lease = self._lease, None
-        if lease is not None:
-            try:
-                if not self._connection_over:
-                    await lease.request("session.logout", {}, seconds=_STOP_TIMEOUT)
-            except SidecarError as exc:
-                _log.warning(
-                    "baileys.logout_unlink_failed", session_id=self.session.id, error=str(exc)
-                )
-            finally:
+        try:
+            if lease is not None:
+                try:
+                    await lease.request(method, {}, seconds=_STOP_TIMEOUT)
+                except SidecarError as exc:
+                    _log.warning(
+                        "baileys.leave_failed",
+                        session_id=self.session.id,
+                        method=method,
+                        error=str(exc),
+                    )
+        finally:
+            if lease is not None:
                 lease.detach()
+
+    async def _logout(self) -> None:
+        # Connected: logout unlinks on the server, then ends. After a close the sidecar
+        # still holds the session (its caches): stop makes it forget them. The host's
+        # part, wiping the auth state, follows either way.
+        await self._leave_sidecar("session.stop" if self._connection_over else "session.logout")
         self._queue_in.close()
         await anyio.to_thread.run_sync(_remove_tree, self.auth_dir)
 
@@ -198,7 +233,7 @@ class BaileysEngine(Engine):
             return None
         try:
             return converter(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # a bad event must never reach the sidecar's reader
             _log.warning(
                 "baileys.event_malformed",
                 session_id=self.session.id,
@@ -240,7 +275,11 @@ class BaileysEngine(Engine):
             raise EngineNotRunningError(f"baileys session {self.session.name!r} is not connected")
         try:
             result = await self._lease.request("session.pairingCode", {"phone": phone_number})
+        except SidecarGoneError as exc:
+            raise EngineNotRunningError(f"the sidecar went away: {exc}") from exc
         except SidecarError as exc:
+            if exc.code in ("not_connected", "no_session"):
+                raise EngineNotRunningError(f"no pairing code now: {exc}") from exc
             raise EngineError(f"pairing code request failed: {exc}") from exc
         return str(result["code"])
 
@@ -248,9 +287,16 @@ class BaileysEngine(Engine):
 # ---------------------------------------------------------------------- conversions
 
 
+def _queue() -> tuple[MemoryObjectSendStream[EngineEvent], MemoryObjectReceiveStream[EngineEvent]]:
+    return anyio.create_memory_object_stream[EngineEvent](_QUEUE)
+
+
 def _time(value: Any) -> datetime:
     if isinstance(value, int | float) and value > 0:
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass  # nonsense from the wire: now is the best guess
     return datetime.now(UTC)
 
 

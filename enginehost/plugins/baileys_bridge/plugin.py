@@ -23,6 +23,7 @@ from enginehost.plugins.baileys_bridge.engine import BaileysEngine, ConnectSlots
 from enginehost.sidecar import (
     NodeRuntime,
     SessionLink,
+    SidecarError,
     SidecarLease,
     SidecarPackage,
     SidecarPool,
@@ -114,30 +115,35 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
             auth_dir=self.auth_dir / session.id,
             attach=self.attach,
             slots=self._slots,
+            slot_wait=self._slot_wait(),
         )
 
     # ------------------------------------------------------------------ sidecars
 
-    async def attach(self, session_id: str, link: SessionLink) -> SidecarLease:
-        """Attach a session connection to a sidecar of the pool (see :meth:`pool`)."""
-        pool = self.pool()
+    def _slot_wait(self) -> float:
+        # Half the host's init deadline: a session still waiting for a connect slot
+        # then reports a transient disconnect instead of failing the deadline.
         if self._services is None:
-            raise EngineError("the baileys plugin was never enabled by a running host")
-        return await pool.attach(session_id, link, self._services.background)
+            return 60.0
+        return max(1.0, self._services.settings.session_init_deadline / 2)
 
-    async def debug_stats(self) -> list[Mapping[str, Any]]:
-        """Each live sidecar's ``debug.stats`` answer (sockets and listeners per session)."""
-        return await self._pool.broadcast("debug.stats") if self._pool is not None else []
-
-    def pool(self) -> SidecarPool:
-        """The plugin's sidecar pool, made on first use from :attr:`config`.
+    async def attach(self, session_id: str, link: SessionLink) -> SidecarLease:
+        """Attach a session connection to a sidecar of the pool (made on first use).
 
         Raises :class:`EngineError` naming the fix when Node or the dependencies are
         missing, so a session start fails clearly instead of a sidecar crashing.
         """
+        if self._services is None:
+            raise EngineError("the baileys plugin was never enabled by a running host")
         if self._pool is None:
-            self._pool = SidecarPool(self._spec(), self._answer_sidecar)
-        return self._pool
+            spec = await anyio.to_thread.run_sync(self._spec)  # probes node: blocking
+            if self._pool is None:
+                self._pool = SidecarPool(spec, self._answer_sidecar)
+        return await self._pool.attach(session_id, link, self._services.background)
+
+    async def debug_stats(self) -> list[Mapping[str, Any]]:
+        """Each live sidecar's ``debug.stats`` answer (sockets and listeners per session)."""
+        return await self._pool.broadcast("debug.stats") if self._pool is not None else []
 
     def _spec(self) -> SidecarSpec:
         config = self.config
@@ -153,7 +159,7 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
             raise EngineError(
                 "the baileys sidecar's dependencies are not installed; " + _INSTALL_HINT
             )
-        env = node_environment()
+        env = node_environment({"ENGINEHOST_SIDECAR_HOSTED": "1"})
         if installed != package.source_dir:
             env["ENGINEHOST_SIDECAR_NODE_MODULES"] = str(installed / "node_modules")
         return SidecarSpec(
@@ -184,12 +190,15 @@ class BaileysPlugin(EnginePlugin[BaileysConfig]):
 
     async def _answer_sidecar(self, method: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
         if method != "store.getMessage":
-            raise EngineError(f"unknown method {method!r}")
+            raise SidecarError("unknown_method", f"the host has no method {method!r}")
         session, message_id = params.get("session"), params.get("id")
+        for name, value in (("session", session), ("id", message_id)):
+            if not isinstance(value, str) or not value:
+                raise SidecarError("bad_params", f"{name}: a non-empty string is required")
         messages = self._services.messages if self._services is not None else None
-        if messages is None or not isinstance(session, str) or not isinstance(message_id, str):
+        if messages is None:
             return {"text": None}
-        return {"text": await messages.body_of(session, message_id)}
+        return {"text": await messages.body_of(str(session), str(message_id))}
 
     def sidecar_pids(self) -> list[int]:
         """The PIDs of the live sidecars."""

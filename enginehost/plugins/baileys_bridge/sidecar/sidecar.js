@@ -37,8 +37,18 @@ const { createSidecar } = require('./lib/sidecar');
 
 sidecar = createSidecar({ deps, writer, logger, exit: (code) => process.exit(code) });
 
+// Run by the host, the sidecar ends when its stdin does: a SIGTERM or SIGINT meant for
+// the whole service (systemd signals every process of the unit) must not end it before
+// the host has stopped its sessions. Run by hand, the signals end it as usual.
+const hosted = process.env.ENGINEHOST_SIDECAR_HOSTED === '1';
 for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => sidecar.shutdown(signal));
+  process.on(signal, () => {
+    if (hosted) {
+      logger.info({ signal }, 'signal ignored: the host ends this sidecar by closing stdin');
+    } else {
+      sidecar.shutdown(signal);
+    }
+  });
 }
 
 const feed = stdio.createLineSplitter(

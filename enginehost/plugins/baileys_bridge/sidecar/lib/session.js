@@ -12,6 +12,7 @@
 
 const os = require('os');
 const { ReplyError } = require('./protocol');
+const { useCrashSafeAuthState } = require('./auth-state');
 
 const STORE_TIMEOUT_MS = 5000;
 const LOGOUT_TIMEOUT_MS = 5000;
@@ -75,8 +76,8 @@ class Session {
     // The previous socket's last creds write (pairing writes `me` just before the 515
     // restart) must land before the files are read again.
     await this.settle(2000);
-    const { useMultiFileAuthState, makeCacheableSignalKeyStore, makeWASocket } = this.baileys;
-    const { state, saveCreds } = await useMultiFileAuthState(authDir);
+    const { makeCacheableSignalKeyStore, makeWASocket } = this.baileys;
+    const { state, saveCreds } = await useCrashSafeAuthState(authDir, this.baileys, this.logger);
     if (this.closed) return; // stopped (or the sidecar is exiting) while the files loaded
     this.teardown(); // belt and braces: nothing may have created one meanwhile
     const settings = this.settings;
