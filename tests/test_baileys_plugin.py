@@ -203,9 +203,10 @@ def _engine(tmp_path: Path) -> BaileysEngine:
     return BaileysPlugin({}, data_dir=tmp_path).create_engine(SessionInfo(id="s-1", name="one"))
 
 
-def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
     engine = _engine(tmp_path)
-    convert = engine._convert
+    convert = engine.convert
     assert convert("qr", {"qr": "ref,a,b,c"}) == QrEvent(payload="ref,a,b,c")
     assert convert("open", {"me": {"id": "15550001111:3@s.whatsapp.net", "name": "Bot"}}) == (
         ReadyEvent(own_id="15550001111@c.us", push_name="Bot")
@@ -250,8 +251,11 @@ def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
     stuck = convert("stuck", {"reason": "no app-state key", "bufferedFor": 60})
     assert isinstance(stuck, ErrorEvent) and stuck.code == "stuck_buffering"
     # A malformed event is surfaced, not raised into the sidecar reader.
-    broken = convert("message", {"chat": "1@g.us"})
-    assert isinstance(broken, ErrorEvent) and "malformed message" in broken.message
+    await engine.on_event("message", {"chat": "1@g.us"})
+    await engine.on_event("open", {"me": "not an object"})
+    for _ in range(2):
+        broken = engine._queue_out.receive_nowait()
+        assert isinstance(broken, ErrorEvent) and "malformed" in broken.message
     assert convert("something-new", {}) is None
 
 

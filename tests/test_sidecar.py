@@ -215,6 +215,22 @@ async def test_a_slow_host_is_not_taken_for_a_hung_sidecar() -> None:
     assert taken == list(range(30))
 
 
+async def test_process_groups_a_dead_sidecar_reported_are_killed() -> None:
+    recorder = _Recorder()
+    process = _process(recorder, "child", heartbeat_interval=60)
+    async with anyio.create_task_group() as tg:
+        await tg.start(process.run)
+        await until(lambda: process.child_process_groups != frozenset())
+        [child] = process.child_process_groups
+        assert _alive(child)
+        assert recorder.events[0][1] == "process"  # still forwarded to the bridge
+        assert process.pid is not None
+        os.kill(process.pid, 9)  # the sidecar dies without a word; its child would stay
+        with anyio.fail_after(10):
+            await process.exited.wait()
+    await until(lambda: not _alive(child), within=5)
+
+
 async def test_requests_waiting_when_the_sidecar_dies_fail_at_once() -> None:
     process = _process(_Recorder(), "hang-pings", heartbeat_interval=60)
     async with anyio.create_task_group() as tg:

@@ -6,6 +6,7 @@ This package is the public toolkit bridges are built from; the host's core does 
 use it.
 """
 
+from enginehost.sidecar.engine import ConnectSlots, SidecarEngine, epoch_time
 from enginehost.sidecar.package import InstallError, NodeRuntime, SidecarPackage, probe_node
 from enginehost.sidecar.pool import SessionLink, SidecarLease, SidecarPool, SidecarSpec
 from enginehost.sidecar.process import (
@@ -20,10 +21,12 @@ from enginehost.sidecar.process import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "ConnectSlots",
     "Hello",
     "InstallError",
     "NodeRuntime",
     "SessionLink",
+    "SidecarEngine",
     "SidecarError",
     "SidecarGoneError",
     "SidecarLease",
@@ -31,6 +34,7 @@ __all__ = [
     "SidecarPool",
     "SidecarProcess",
     "SidecarSpec",
+    "epoch_time",
     "node_environment",
     "parent_death_prefix",
     "probe_node",

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class SidecarProcess:
         self.exit_reason = ""
         self._handing_over = 0
         self._last_handover = 0.0
+        self._children: set[int] = set()
         self.closing_by_host = False
 
     @property
@@ -214,6 +216,34 @@ class SidecarProcess:
             return SidecarGoneError("init_failed", f"sidecar {self.name} refused init: {exc}")
         return None
 
+    @property
+    def child_process_groups(self) -> frozenset[int]:
+        """Process groups the sidecar reported starting (browsers) and not yet ending."""
+        return frozenset(self._children)
+
+    def _track_child(self, data: Mapping[str, Any], log: Any) -> None:
+        pid, state = data.get("pid"), data.get("state")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            log.warning("sidecar.bad_process_event", data=str(data)[:200])
+        elif state == "started":
+            self._children.add(pid)
+        elif state == "exited":
+            self._children.discard(pid)
+
+    def _kill_children(self, log: Any) -> None:
+        """Kill the process groups the sidecar left behind: a browser started detached
+        outlives a sidecar killed with SIGKILL otherwise."""
+        for pgid in sorted(self._children):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it ended with its sidecar
+            except PermissionError as exc:
+                log.error("sidecar.child_kill_refused", pgid=pgid, error=str(exc))
+                continue
+            log.warning("sidecar.child_killed", pgid=pgid)
+        self._children.clear()
+
     async def _reap(self, process: anyio.abc.Process, log: Any) -> None:
         if process.returncode is None:
             process.kill()
@@ -222,6 +252,7 @@ class SidecarProcess:
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 await stream.aclose()
+        self._kill_children(log)
         if not self.exit_reason:
             self.exit_reason = self._describe_failure("exited", process)
         pending, self._pending = self._pending, {}
@@ -382,6 +413,8 @@ class SidecarProcess:
         elif kind == "event":
             session = message.get("session")
             data = message.get("data")
+            if message.get("event") == "process" and isinstance(data, dict):
+                self._track_child(data, log)
             # While an event is being handed over the host, not the sidecar, is slow:
             # the heartbeat must not take that for a hung sidecar.
             self._handing_over += 1

@@ -11,7 +11,9 @@ with the answer). Behaviours:
 * ``hang-pings``: stop answering pings after the first;
 * ``exit-after-init``: exit (code 3) right after answering init;
 * ``stderr``: write a pino-style JSON log line and a plain line on stderr at start;
-* ``flood=N``: right after init, emit N events for session ``f`` at once.
+* ``flood=N``: right after init, emit N events for session ``f`` at once;
+* ``child``: right after init, start ``sleep 600`` in a process group of its own and
+  report it with a ``process`` event, as a bridge reports its browser.
 
 It exits on end of stdin, as real sidecars do.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 
@@ -89,6 +92,16 @@ def main() -> None:
             reply(rid, {})
             if "exit-after-init" in ARGS:
                 sys.exit(3)
+            if "child" in ARGS:
+                child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+                send(
+                    {
+                        "type": "event",
+                        "event": "process",
+                        "session": "c",
+                        "data": {"pid": child.pid, "state": "started"},
+                    }
+                )
             for number in range(FLOOD):
                 send({"type": "event", "event": "tick", "session": "f", "data": {"n": number}})
         elif method == "ping":
