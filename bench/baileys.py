@@ -242,7 +242,7 @@ async def measure_sidecar(
             login_seconds = time.perf_counter() - began
             await anyio.sleep(idle)
             [pid] = plugin.sidecar_pids()
-            [stats] = await plugin._pool.broadcast("debug.gc")  # type: ignore[union-attr]
+            [stats] = await plugin.pool.broadcast("debug.gc")  # type: ignore[union-attr]
             return {"n": n, "login_s": login_seconds, "rss": _rss(pid), "heap": stats["heapUsed"]}
 
         rows.append(await _with_plugin(fake, auth, work, restore))

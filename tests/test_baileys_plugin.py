@@ -192,7 +192,7 @@ async def test_enable_resolves_paths_and_node(tmp_path: Path) -> None:
 
 def test_session_ids_that_cannot_name_a_folder_are_refused(tmp_path: Path) -> None:
     plugin = BaileysPlugin({}, data_dir=tmp_path)
-    with pytest.raises(EngineError, match="cannot name an auth folder"):
+    with pytest.raises(EngineError, match="cannot name a folder"):
         plugin.create_engine(SessionInfo(id="../escape", name="x"))
 
 
@@ -294,10 +294,15 @@ def test_bridges_doctor_on_an_installed_machine(tmp_path: Path) -> None:
 
 
 def _package_copy(tmp_path: Path) -> SidecarPackage:
-    """The baileys sidecar package, copied without its node_modules."""
+    """The baileys sidecar package without its node_modules, copied into a tree laid
+    out like the project's (the sidecars share JavaScript under enginehost/sidecar/js)."""
+    root = Path(__file__).parents[1]
     source = BAILEYS_PACKAGE.source_dir
-    copy = tmp_path / "package"
+    copy = tmp_path / "tree" / source.relative_to(root)
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("node_modules"))
+    shared = root / "enginehost" / "sidecar" / "js"
+    if shared.is_dir():
+        shutil.copytree(shared, tmp_path / "tree" / shared.relative_to(root))
     return dataclasses.replace(BAILEYS_PACKAGE, source_dir=copy)
 
 
@@ -340,7 +345,7 @@ async def test_a_read_only_package_installs_into_the_engine_dir_and_runs_from_th
     # A sidecar started from the package directory finds the installed modules.
     monkeypatch.setattr(BaileysPlugin, "sidecar_package", package)
     plugin = BaileysPlugin({}, data_dir=tmp_path / "engine")
-    spec = plugin._spec()
+    spec = plugin.sidecar_spec()
     assert spec.env is not None
     assert spec.env["ENGINEHOST_SIDECAR_NODE_MODULES"] == str(fallback / "node_modules")
     events: list[Any] = []

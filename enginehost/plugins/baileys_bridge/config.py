@@ -8,11 +8,11 @@ string: pydantic's lax mode coerces ``"50"`` to ``50``, and an empty string mean
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
-from enginehost import EngineConfig
+from enginehost.sidecar.bridge import BridgeConfig
 
 __all__ = ["BaileysConfig"]
 
@@ -24,16 +24,24 @@ def _empty_is_none(value: Any) -> Any:
     return value
 
 
-class BaileysConfig(EngineConfig):
-    """How the ``baileys`` engine runs its sidecars and sockets."""
+class BaileysConfig(BridgeConfig):
+    """How the ``baileys`` engine runs its sidecars and sockets (plus the keys every
+    bridge has: ``node_path``, ``sessions_per_sidecar``, ``max_concurrent_connects``,
+    ``log_level``, ``heartbeat_interval_s``, ``heartbeat_timeout_s``)."""
+
+    max_concurrent_connects: int = Field(
+        25,
+        ge=1,
+        le=1_000,
+        description="Sessions connecting at once per host (more wait their turn): "
+        "measured here, 500 simultaneous connects each took past the library's 20 s "
+        "connect timeout, while batches of 25 log 500 sessions in within seconds.",
+    )
 
     auth_dir: Path | None = Field(
         None,
         description="Directory of the per-session auth state (one folder per session id); "
         "default <engine data dir>/auth.",
-    )
-    node_path: str = Field(
-        "node", min_length=1, description="The Node.js binary (a name on PATH or a path)."
     )
     websocket_url: str | None = Field(
         None,
@@ -66,34 +74,10 @@ class BaileysConfig(EngineConfig):
         "waits for the phone's app-state key; then they are released and the session "
         "reports it (the library would otherwise buffer them without bound).",
     )
-    sessions_per_sidecar: int = Field(
-        100, ge=1, le=5_000, description="Sessions one Node sidecar process hosts."
-    )
-    max_concurrent_connects: int = Field(
-        25,
-        ge=1,
-        le=1_000,
-        description="Sessions connecting at once per host (more wait their turn): "
-        "measured here, 500 simultaneous connects each took past the library's 20 s "
-        "connect timeout, while batches of 25 log 500 sessions in within seconds.",
-    )
-    log_level: Literal["trace", "debug", "info", "warn", "error", "fatal", "silent"] = Field(
-        "warn", description="The library's log level (its lines go to the host's log)."
-    )
     mark_online_on_connect: bool = Field(
         False, description="Show the account as online while connected."
     )
     sync_full_history: bool = Field(
         False, description="Ask the phone for the full message history at pairing."
     )
-    heartbeat_interval_s: float = Field(
-        5.0, gt=0, le=300, description="Seconds between heartbeats to each sidecar."
-    )
-    heartbeat_timeout_s: float = Field(
-        15.0,
-        gt=0,
-        le=600,
-        description="A sidecar that does not answer a heartbeat this long is replaced.",
-    )
-
     _unset_when_empty = field_validator("auth_dir", "websocket_url", mode="before")(_empty_is_none)

@@ -7,30 +7,16 @@ the session's auth folder, the JID dialect, the disconnect codes and the events.
 
 from __future__ import annotations
 
-import shutil
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from enginehost import (
-    AckEvent,
-    AckStatus,
-    AuthenticatedEvent,
     DisconnectedEvent,
     EngineEvent,
-    EngineMessage,
     ErrorEvent,
-    MessageEvent,
-    MessageType,
-    OwnMessageEvent,
-    PairingCodeEvent,
-    QrEvent,
-    ReactionEvent,
-    ReadyEvent,
-    RevokeEvent,
     SendResult,
     SessionInfo,
 )
@@ -39,6 +25,7 @@ from enginehost.plugins.baileys_bridge.disconnects import classify
 from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
 from enginehost.sidecar import ConnectSlots, SidecarEngine, epoch_time
 from enginehost.sidecar.engine import Attach
+from enginehost.sidecar.events import Converter, converters, remove_tree
 
 __all__ = ["BaileysEngine", "ConnectSlots"]
 
@@ -74,7 +61,7 @@ class BaileysEngine(SidecarEngine):
         return converter(data)
 
     async def wipe_auth(self) -> None:
-        await anyio.to_thread.run_sync(_remove_tree, self.auth_dir)
+        await anyio.to_thread.run_sync(remove_tree, self.auth_dir)
 
     async def send_text(
         self, chat_id: str, text: str, *, quoted_message_id: str | None = None
@@ -95,43 +82,9 @@ class BaileysEngine(SidecarEngine):
 # ---------------------------------------------------------------------- conversions
 
 
-def _message_type(value: Any) -> MessageType:
-    try:
-        return MessageType(value)
-    except ValueError:
-        return MessageType.UNKNOWN
-
-
-def _message(data: Mapping[str, Any]) -> EngineEvent:
-    message = EngineMessage(
-        message_id=str(data["id"]),
-        chat_id=to_neutral(data["chat"]),
-        sender=to_neutral(data.get("sender") or data["chat"]),
-        from_me=bool(data.get("fromMe")),
-        type=_message_type(data.get("type")),
-        body=data.get("body") if isinstance(data.get("body"), str) else None,
-        timestamp=epoch_time(data.get("timestamp")),
-        has_media=bool(data.get("hasMedia")),
-        quoted_message_id=data.get("quotedId") or None,
-        raw={"pushName": data["pushName"]} if data.get("pushName") else {},
-    )
-    return OwnMessageEvent(message) if message.from_me else MessageEvent(message)
-
-
-def _me(data: Mapping[str, Any]) -> tuple[str, str | None]:
-    me = data.get("me") or {}
-    name = me.get("name")
-    return to_neutral(str(me.get("id") or "")), name if isinstance(name, str) else None
-
-
-def _ready(data: Mapping[str, Any]) -> EngineEvent:
-    own_id, name = _me(data)
-    return ReadyEvent(own_id=own_id, push_name=name)
-
-
 def _close(data: Mapping[str, Any]) -> EngineEvent:
     code = data.get("code")
-    code = code if isinstance(code, int) else None
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
     reason = str(data.get("reason") or "connection closed")
     # The library's messages ("Stream Errored (unknown)") rarely name the code.
     if code is not None:
@@ -139,51 +92,16 @@ def _close(data: Mapping[str, Any]) -> EngineEvent:
     return DisconnectedEvent(classify(code), engine_code=code, reason=reason)
 
 
-_CONVERTERS: dict[str, Callable[[Mapping[str, Any]], EngineEvent]] = {
-    "qr": lambda data: QrEvent(payload=str(data["qr"])),
-    "pairing_code": lambda data: PairingCodeEvent(code=str(data["code"])),
-    "authenticated": lambda data: AuthenticatedEvent(),
-    "open": _ready,
-    "close": _close,
-    "message": _message,
-    "ack": lambda data: AckEvent(
-        message_id=str(data["id"]),
-        status=AckStatus(data["status"]),
-        chat_id=to_neutral(data.get("chat")) or None,
-    ),
-    "revoke": lambda data: RevokeEvent(
-        chat_id=to_neutral(data["chat"]),
-        message_id=str(data["id"]),
-        sender=to_neutral(data.get("sender")) or None,
-        from_me=bool(data.get("fromMe")),
-    ),
-    "reaction": lambda data: ReactionEvent(
-        chat_id=to_neutral(data["chat"]),
-        message_id=str(data["id"]),
-        emoji=str(data.get("emoji") or ""),
-        sender=to_neutral(data.get("sender")) or None,
-        from_me=bool(data.get("fromMe")),
-    ),
-    "stuck": lambda data: ErrorEvent(
+def _stuck(data: Mapping[str, Any]) -> EngineEvent:
+    return ErrorEvent(
         message="the session held incoming messages waiting for the phone's app-state key "
         f"({data.get('reason') or 'no key'}); they were released",
         code="stuck_buffering",
-    ),
-    "error": lambda data: ErrorEvent(
-        message=str(data.get("message") or "sidecar error"), code=data.get("code")
-    ),
+    )
+
+
+_CONVERTERS: dict[str, Converter] = {
+    **converters(to_neutral),
+    "close": _close,
+    "stuck": _stuck,
 }
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a session's auth state, retrying briefly while files are busy."""
-    for attempt in range(5):
-        try:
-            shutil.rmtree(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if attempt == 4:
-                raise
-            time.sleep(0.1 * (attempt + 1))
