@@ -32,6 +32,8 @@ class _Bridge:
     package: SidecarPackage
     fallback_dir: Path
     node_path: str
+    own_checks: Callable[[], list[str]]
+    """The bridge's own checks (a browser, say): problems, empty when fine."""
 
 
 def _bridges(settings: Settings) -> list[_Bridge]:
@@ -50,7 +52,16 @@ def _bridges(settings: Settings) -> list[_Bridge]:
             continue
         fallback = getattr(instance, "install_fallback_dir", instance.data_dir / "sidecar")
         node_path = getattr(instance.construction_config, "node_path", "node")
-        found.append(_Bridge(name, package, Path(fallback), str(node_path)))
+        checks = getattr(instance, "doctor_problems", None)
+        found.append(
+            _Bridge(
+                name,
+                package,
+                Path(fallback),
+                str(node_path),
+                checks if callable(checks) else (lambda: []),
+            )
+        )
     return found
 
 
@@ -137,6 +148,7 @@ def bridges_doctor(
                 f"dependencies not installed ({missing[0] if missing else 'unknown'}); "
                 "run: enginehost bridges install"
             )
+        problems.extend(bridge.own_checks())
         healthy = healthy and not problems
         report.append(
             {

@@ -114,7 +114,7 @@ def test_errors_print_the_api_message(host: Host) -> None:
 
     unknown_engine = host.cli("create", "beta", "--engine", "nope")
     assert unknown_engine.returncode == 2  # invalid input (422)
-    assert "unknown engine 'nope'; loaded engines: baileys, sandbox" in unknown_engine.stderr
+    assert "unknown engine 'nope'; loaded engines: baileys, sandbox, webjs" in unknown_engine.stderr
 
     _ok(host.cli("create", "gamma"))
     try:

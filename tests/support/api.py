@@ -68,6 +68,9 @@ SANDBOX = importlib.metadata.EntryPoint(
 BAILEYS = importlib.metadata.EntryPoint(
     name="baileys_bridge", value="enginehost.plugins.baileys_bridge", group="enginehost"
 )
+WEBJS = importlib.metadata.EntryPoint(
+    name="webjs_bridge", value="enginehost.plugins.webjs_bridge", group="enginehost"
+)
 
 
 @asynccontextmanager
