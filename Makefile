@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/send.py
 	$(BIN)/python bench/sessions.py
 	$(BIN)/python bench/baileys.py
+	$(BIN)/python bench/webjs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

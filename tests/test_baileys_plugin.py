@@ -265,7 +265,7 @@ async def test_sidecar_events_become_engine_events(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bridges_doctor_reports_a_missing_node_and_names_the_fix(tmp_path: Path) -> None:
     env = {**cli_env(tmp_path), "ENGINEHOST_ENGINES__BAILEYS__NODE_PATH": "/nonexistent/node"}
-    doctor = run_cli("bridges", "doctor", "--json", env=env)
+    doctor = run_cli("bridges", "doctor", "baileys", "--json", env=env)
     assert doctor.returncode == 1
     report = json.loads(doctor.stdout)
     [baileys] = report["bridges"]
@@ -273,7 +273,7 @@ def test_bridges_doctor_reports_a_missing_node_and_names_the_fix(tmp_path: Path)
     assert baileys["libraryVersion"] == "6.17.16"
     assert baileys["ok"] is False
     assert any("Node.js was not found" in problem for problem in baileys["problems"])
-    install = run_cli("bridges", "install", env=env)
+    install = run_cli("bridges", "install", "baileys", env=env)
     assert install.returncode == 1
     assert "Node.js was not found" in install.stderr
     unknown = run_cli("bridges", "doctor", "nope", env=env)
@@ -285,7 +285,7 @@ def test_bridges_doctor_on_an_installed_machine(tmp_path: Path) -> None:
     plugin = BaileysPlugin({}, data_dir=tmp_path)
     if not plugin.sidecar_package.installed_dir(plugin.install_fallback_dir):
         _missing("the baileys sidecar is not installed (make bridges)")
-    doctor = run_cli("bridges", "doctor", env=cli_env(tmp_path))
+    doctor = run_cli("bridges", "doctor", "baileys", env=cli_env(tmp_path))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert doctor.stdout.startswith("baileys: ok — baileys 6.17.16, node v")
 

@@ -50,7 +50,7 @@ class WebjsConfig(BridgeConfig):
     headless: bool = Field(True, description="Run Chromium without a window.")
     web_version: str = Field(
         DEFAULT_WEB_VERSION,
-        pattern=r"^[0-9]+(\.[0-9]+){2,3}(-[A-Za-z0-9.]+)?$",
+        pattern=r"^[0-9]+(\.[0-9]+){2,3}(-[A-Za-z0-9.-]+)?$",
         description="The pinned WhatsApp Web version.",
     )
     web_version_cache_dir: Path | None = Field(

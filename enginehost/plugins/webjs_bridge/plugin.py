@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import anyio.to_thread
 from enginehost import (
     Capability,
     EngineConfig,
+    EngineError,
     EngineNotReadyError,
     HostServices,
     SessionInfo,
@@ -22,6 +24,8 @@ from enginehost.sidecar import SidecarPackage
 from enginehost.sidecar.bridge import BridgePlugin, check_session_id
 
 __all__ = ["WEBJS_PACKAGE", "WebjsPlugin", "probe_chromium"]
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 WEBJS_PACKAGE = SidecarPackage(
     bridge="webjs",
@@ -121,6 +125,12 @@ class WebjsPlugin(BridgePlugin[WebjsConfig]):
 
     def create_engine(self, session: SessionInfo) -> WebjsEngine:
         check_session_id(session.id)
+        if not _CLIENT_ID.match(session.id):
+            # The library's LocalAuth names the profile after it and allows no more.
+            raise EngineError(
+                f"session id {session.id!r} cannot name a browser profile: use letters, "
+                "digits, '-' and '_'"
+            )
         return WebjsEngine(
             session,
             engine_name=self.name,

@@ -2,62 +2,16 @@
 
 /**
  * Entry point: `node --expose-gc sidecar.js`. Speaks the JSON-lines sidecar protocol
- * (docs/sidecar-protocol.md) on stdin/stdout and hosts Baileys sessions.
+ * (docs/sidecar-protocol.md) on stdin/stdout and hosts Baileys sessions. The process
+ * around it (stdout discipline, signals, stdin) is shared: enginehost/sidecar/js/main.js.
  */
 
-// stdout is taken for the protocol before anything else is loaded: libraries that log
-// to stdout or call console.* must never reach the host's protocol stream.
-const stdio = require('./lib/stdio');
+const { runSidecar } = require('../../../sidecar/js/main');
+const stdio = require('../../../sidecar/js/stdio');
 
-const writer = stdio.captureStdout();
-stdio.redirectConsole();
-
-let sidecar = null;
-process.on('uncaughtException', (err) => {
-  if (sidecar) sidecar.reportCrash('uncaught_exception', err);
-  else stdio.log('fatal', `uncaught exception: ${(err && err.stack) || err}`);
+runSidecar({
+  library: 'baileys',
+  loadDependencies: () => require('./lib/deps').loadDependencies(),
+  createLogger: (deps) => stdio.createLogger(deps.pino, 'info'),
+  createSidecar: (options) => require('./lib/sidecar').createSidecar(options),
 });
-process.on('unhandledRejection', (err) => {
-  if (sidecar) sidecar.reportCrash('unhandled_rejection', err);
-  else stdio.log('fatal', `unhandled rejection: ${(err && err.stack) || err}`);
-});
-
-let deps;
-try {
-  deps = require('./lib/deps').loadDependencies();
-} catch (err) {
-  stdio.log('fatal', `cannot load baileys: ${err.stack || err}`);
-  process.exit(1);
-}
-
-const logger = stdio.createLogger(deps.pino, 'info');
-stdio.useLogger(logger);
-
-const { createSidecar } = require('./lib/sidecar');
-
-sidecar = createSidecar({ deps, writer, logger, exit: (code) => process.exit(code) });
-
-// Run by the host, the sidecar ends when its stdin does: a SIGTERM or SIGINT meant for
-// the whole service (systemd signals every process of the unit) must not end it before
-// the host has stopped its sessions. Run by hand, the signals end it as usual.
-const hosted = process.env.ENGINEHOST_SIDECAR_HOSTED === '1';
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => {
-    if (hosted) {
-      logger.info({ signal }, 'signal ignored: the host ends this sidecar by closing stdin');
-    } else {
-      sidecar.shutdown(signal);
-    }
-  });
-}
-
-const feed = stdio.createLineSplitter(
-  () => sidecar.maxLineBytes(),
-  (line) => sidecar.handleLine(line),
-  (bytes) => sidecar.lineTooLong(bytes),
-);
-process.stdin.on('data', feed);
-process.stdin.on('end', () => sidecar.shutdown('stdin closed'));
-process.stdin.on('error', (err) => sidecar.shutdown(`stdin failed: ${err.message}`));
-
-sidecar.hello();

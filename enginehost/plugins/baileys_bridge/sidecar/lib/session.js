@@ -11,7 +11,7 @@
  */
 
 const os = require('os');
-const { ReplyError } = require('./protocol');
+const { ReplyError } = require('../../../../sidecar/js/protocol');
 const { useCrashSafeAuthState } = require('./auth-state');
 
 const STORE_TIMEOUT_MS = 5000;

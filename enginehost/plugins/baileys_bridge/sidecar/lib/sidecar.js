@@ -1,17 +1,18 @@
 'use strict';
 
 /**
- * The sidecar proper: settings from `init`, the session table, request dispatch,
- * process-level error reporting and the orderly exit.
+ * The Baileys sidecar proper: settings from `init`, the session table and the methods.
+ * The protocol plumbing, request ordering, process-level error reporting and the
+ * orderly exit are shared with the other sidecars (enginehost/sidecar/js/core.js).
  */
 
-const { createProtocol, ReplyError } = require('./protocol');
+const { ReplyError } = require('../../../../sidecar/js/protocol');
+const params = require('../../../../sidecar/js/params');
+const { LEVEL_NAMES } = require('../../../../sidecar/js/stdio');
+const { createCore, DEFAULT_MAX_LINE_BYTES } = require('../../../../sidecar/js/core');
 const { createConverter } = require('./convert');
 const { Session } = require('./session');
-const params = require('./params');
-const { LEVEL_NAMES } = require('./stdio');
 
-const DEFAULT_MAX_LINE_BYTES = 1024 * 1024;
 /** The exit must finish within 2 s of EOF; this leaves room for the process to go. */
 const EXIT_BUDGET_MS = 1500;
 
@@ -23,53 +24,24 @@ const EXIT_BUDGET_MS = 1500;
  * @param {(code: number) => void} options.exit ends the process
  */
 function createSidecar({ deps, writer, logger, exit }) {
-  const settings = { initialized: false, maxLineBytes: DEFAULT_MAX_LINE_BYTES };
+  const core = createCore({
+    writer,
+    logger,
+    exit,
+    library: 'baileys',
+    libraryVersion: deps.version,
+    exitBudgetMs: EXIT_BUDGET_MS,
+  });
+  const { settings, protocol, enqueue, requireInit, memory } = core;
   /** @type {Map<string, Session>} */
   const sessions = new Map();
-  /** Per-session chains that keep start/stop/logout of one session in order. */
-  const queues = new Map();
   const converter = createConverter(deps.baileys);
-  let shuttingDown = false;
-
-  const log = (level, msg, fields) => logger[level](fields || {}, msg);
-
-  const protocol = createProtocol({
-    writer,
-    maxLineBytes: () => settings.maxLineBytes,
-    onRequest: (method, p) => {
-      const handler = METHODS[method];
-      if (!handler) throw new ReplyError('unknown_method', `unknown method ${JSON.stringify(method)}`);
-      return handler(p);
-    },
-    log,
-  });
-
-  /** Run fn after every earlier lifecycle request of the same session. */
-  function enqueue(id, fn) {
-    const previous = queues.get(id) || Promise.resolve();
-    const run = previous.then(fn);
-    const tail = run.catch(() => {});
-    queues.set(id, tail);
-    tail.then(() => {
-      if (queues.get(id) === tail) queues.delete(id);
-    });
-    return run;
-  }
-
-  function requireInit() {
-    if (!settings.initialized) throw new ReplyError('internal', 'init must come before session requests');
-    if (shuttingDown) throw new ReplyError('internal', 'the sidecar is shutting down');
-  }
+  const log = core.log;
 
   function existing(id) {
     const session = sessions.get(id);
     if (!session) throw new ReplyError('no_session', `session ${JSON.stringify(id)} is not on this sidecar`);
     return session;
-  }
-
-  function memory() {
-    const { rss, heapUsed, heapTotal } = process.memoryUsage();
-    return { rss, heapUsed, heapTotal };
   }
 
   const METHODS = {
@@ -102,7 +74,7 @@ function createSidecar({ deps, writer, logger, exit }) {
       const authDir = params.absolutePath(p, 'authDir');
       const pairingPhone = params.phone(p, 'pairingPhone', true);
       return enqueue(id, async () => {
-        if (shuttingDown) throw new ReplyError('internal', 'the sidecar is shutting down');
+        if (core.shuttingDown()) throw new ReplyError('internal', 'the sidecar is shutting down');
         let session = sessions.get(id);
         if (!session) {
           session = new Session({ id, deps, settings, protocol, logger, converter });
@@ -158,40 +130,14 @@ function createSidecar({ deps, writer, logger, exit }) {
     },
 
     'debug.gc'() {
-      if (typeof global.gc !== 'function') throw new ReplyError('internal', 'node was started without --expose-gc');
-      global.gc();
-      const { heapUsed, rss } = process.memoryUsage();
-      return { heapUsed, rss };
+      return core.gc();
     },
   };
 
-  let reporting = false;
-  /**
-   * Turn a process-level failure into a sidecar-wide `error` event.
-   * @param {string} code uncaught_exception or unhandled_rejection
-   * @param {unknown} err
-   */
-  function reportCrash(code, err) {
-    const message = (err && err.message) || String(err);
-    log('error', `${code}: ${(err && err.stack) || message}`);
-    if (reporting) return; // a failure while reporting one: the log line has to do
-    reporting = true;
-    try {
-      protocol.event('error', undefined, { code, message });
-    } finally {
-      reporting = false;
-    }
-  }
+  core.setMethods(METHODS);
 
-  /**
-   * End every socket, let auth writes land, flush stdout, exit. Idempotent.
-   * @param {string} why
-   */
-  async function shutdown(why) {
-    if (shuttingDown) return;
-    shuttingDown = true;
-    log('info', `exiting: ${why}`);
-    const hardStop = setTimeout(() => exit(0), EXIT_BUDGET_MS + 300);
+  // On exit: end every socket, then let the auth writes in flight land.
+  core.onShutdown(async (budgetMs) => {
     const all = [...sessions.values()];
     sessions.clear();
     for (const session of all) {
@@ -201,28 +147,10 @@ function createSidecar({ deps, writer, logger, exit }) {
         log('error', `teardown failed: ${err.message}`, { session: session.id });
       }
     }
-    await Promise.all(all.map((session) => session.settle(EXIT_BUDGET_MS - 300)));
-    await writer.drained(200);
-    clearTimeout(hardStop);
-    exit(0);
-  }
+    await Promise.all(all.map((session) => session.settle(budgetMs)));
+  });
 
-  return {
-    handleLine: (line) => protocol.handleLine(line),
-    maxLineBytes: () => settings.maxLineBytes,
-    lineTooLong(bytes) {
-      log('warn', `input line over maxLineBytes (${bytes}+ bytes) dropped`);
-      protocol.event('error', undefined, {
-        code: 'line_too_long',
-        message: `an input line exceeded maxLineBytes (${settings.maxLineBytes}); it was dropped`,
-      });
-    },
-    hello() {
-      protocol.hello({ library: 'baileys', libraryVersion: deps.version, node: process.versions.node, pid: process.pid });
-    },
-    reportCrash,
-    shutdown,
-  };
+  return core;
 }
 
 module.exports = { createSidecar };

@@ -1,7 +1,7 @@
 'use strict';
 
 /**
- * The sidecar's standard streams.
+ * The sidecar's standard streams (shared by every Node sidecar of enginehost).
  *
  * stdout belongs to the protocol alone: its writer is captured here before any library
  * is loaded, and everything else that would write there (console.*, a stray
@@ -62,8 +62,69 @@ function createLogger(pino, level) {
 }
 
 /**
- * Send console.* to stderr as JSON log lines. libsignal and parts of Baileys call
- * console directly; on stdout those lines would corrupt the protocol.
+ * A small logger with pino's interface and output, for sidecars whose library brings no
+ * pino: `logger.info(fields, msg)` or `logger.info(msg)`, `child(bindings)`, a settable
+ * `level`. Children follow the root's level (changed by `init` after they exist).
+ * Lines are written synchronously to fd 2 as `{level, time, pid, ...bindings, ...fields, msg}`.
+ * @param {string} level a pino level name
+ * @returns {object}
+ */
+function createJsonLogger(level) {
+  const root = { threshold: LEVELS[level] === undefined ? Infinity : LEVELS[level], name: level };
+
+  function serialise(value) {
+    if (value instanceof Error) return { type: value.name, message: value.message, stack: value.stack };
+    return value;
+  }
+
+  function make(bindings) {
+    const logger = {
+      get level() {
+        return root.name;
+      },
+      set level(name) {
+        if (!LEVEL_NAMES.includes(name)) throw new Error(`unknown log level ${name}`);
+        root.name = name;
+        root.threshold = name === 'silent' ? Infinity : LEVELS[name];
+      },
+      child(more) {
+        return make({ ...bindings, ...more });
+      },
+    };
+    for (const [name, number] of Object.entries(LEVELS)) {
+      logger[name] = (fields, msg) => {
+        if (number < root.threshold) return;
+        let extra = fields;
+        let text = msg;
+        if (typeof fields === 'string' || fields instanceof Error) {
+          text = typeof fields === 'string' ? fields : fields.message;
+          extra = fields instanceof Error ? { err: fields } : {};
+        }
+        const record = { level: number, time: Date.now(), pid: process.pid, ...bindings };
+        for (const [key, value] of Object.entries(extra || {})) record[key] = serialise(value);
+        record.msg = text === undefined ? '' : String(text);
+        let line;
+        try {
+          line = JSON.stringify(record);
+        } catch {
+          line = JSON.stringify({ level: number, time: record.time, pid: process.pid, ...bindings, msg: record.msg });
+        }
+        try {
+          fs.writeSync(2, `${line}\n`);
+        } catch {
+          // stderr gone: nothing sensible left to do with a log line.
+        }
+      };
+    }
+    return logger;
+  }
+
+  return make({});
+}
+
+/**
+ * Send console.* to stderr as JSON log lines. Libraries call console directly (Baileys'
+ * libsignal, whatsapp-web.js); on stdout those lines would corrupt the protocol.
  */
 function redirectConsole() {
   const methods = {
@@ -208,6 +269,7 @@ module.exports = {
   log,
   useLogger,
   createLogger,
+  createJsonLogger,
   redirectConsole,
   captureStdout,
   createLineWriter,

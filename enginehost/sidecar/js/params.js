@@ -76,6 +76,18 @@ function positiveInt(params, field, fallback) {
 }
 
 /**
+ * An integer of zero or more (zero often meaning "none", as for a timeout).
+ * @param {object} params
+ * @param {string} field
+ * @returns {number}
+ */
+function nonNegativeInt(params, field) {
+  const value = params[field];
+  if (!Number.isInteger(value) || value < 0) throw bad(field, 'must be an integer of 0 or more');
+  return value;
+}
+
+/**
  * One of a fixed set of strings.
  * @param {object} params
  * @param {string} field
@@ -117,14 +129,57 @@ function phone(params, field, nullable) {
 }
 
 /**
- * A chat id in the library's dialect (`…@s.whatsapp.net`, `…@g.us`, …).
+ * A chat id in the library's dialect (`…@s.whatsapp.net`, `…@g.us`, `…@c.us`, …).
  * @param {object} params
  * @param {string} field
+ * @param {string} [example] an id of the library's dialect, named in the error
  * @returns {string}
  */
-function jid(params, field) {
+function jid(params, field, example = '123@s.whatsapp.net') {
   const value = string(params, field);
-  if (!/^[^@\s]+@[a-z.]+$/.test(value)) throw bad(field, 'must be a chat id such as 123@s.whatsapp.net');
+  if (!/^[^@\s]+@[a-z.]+$/.test(value)) throw bad(field, `must be a chat id such as ${example}`);
+  return value;
+}
+
+/**
+ * A required non-empty string matching a pattern.
+ * @param {object} params
+ * @param {string} field
+ * @param {RegExp} pattern
+ * @param {string} what how the error describes a valid value
+ * @returns {string}
+ */
+function matching(params, field, pattern, what) {
+  const value = string(params, field);
+  if (!pattern.test(value)) throw bad(field, `must be ${what}`);
+  return value;
+}
+
+/**
+ * A list of strings (possibly empty); a missing field counts as empty.
+ * @param {object} params
+ * @param {string} field
+ * @returns {string[]}
+ */
+function stringList(params, field) {
+  const value = params[field];
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value) || !value.every((item) => typeof item === 'string')) {
+    throw bad(field, 'must be a list of strings');
+  }
+  return [...value];
+}
+
+/**
+ * An absolute filesystem path, or null; a missing field counts as null.
+ * @param {object} params
+ * @param {string} field
+ * @returns {string|null}
+ */
+function optionalAbsolutePath(params, field) {
+  const value = params[field];
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'string' || !path.isAbsolute(value)) throw bad(field, 'must be an absolute path or null');
   return value;
 }
 
@@ -145,4 +200,19 @@ function optionalUrl(params, field) {
   return value;
 }
 
-module.exports = { string, optionalString, text, boolean, positiveInt, oneOf, absolutePath, phone, jid, optionalUrl };
+module.exports = {
+  string,
+  optionalString,
+  text,
+  boolean,
+  positiveInt,
+  nonNegativeInt,
+  oneOf,
+  absolutePath,
+  optionalAbsolutePath,
+  phone,
+  jid,
+  matching,
+  stringList,
+  optionalUrl,
+};
