@@ -29,9 +29,7 @@ from tests.support.webjs_stub import NO_QR_VERSION, STUB_VERSION, stub_cache
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"
-WEBJS_MODULES = (
-    Path(__file__).parents[1] / "enginehost/plugins/webjs_bridge/sidecar/node_modules"
-)
+WEBJS_MODULES = Path(__file__).parents[1] / "enginehost/plugins/webjs_bridge/sidecar/node_modules"
 
 
 def _require_browser() -> None:
@@ -100,9 +98,7 @@ class Browsers:
         if pool is None:
             return []
         return sorted(
-            pgid
-            for member in pool._members
-            for pgid in member.process.child_process_groups
+            pgid for member in pool._members for pgid in member.process.child_process_groups
         )
 
 
