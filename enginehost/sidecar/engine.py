@@ -165,7 +165,7 @@ class SidecarEngine(Engine):
                 return
             if isinstance(exc, SidecarError):
                 raise EngineError(
-                    f"{self.engine_name} sidecar could not start the session: {exc}"
+                    f"{self.engine_name} sidecar could not start the session ({exc.code}): {exc}"
                 ) from exc
             raise
 
