@@ -253,11 +253,14 @@ async def test_twenty_reconnects_leave_one_connection_and_constant_listeners(
 
 async def test_logout_unlinks_and_removes_the_auth_state(tmp_path: Path) -> None:
     async with bridge(tmp_path) as b:
-        session_id, _ = await b.paired("alpha")
+        session_id, jid = await b.paired("alpha")
         assert (b.auth_dir / session_id).is_dir()
         response = await b.client.post(f"/api/sessions/{session_id}/logout")
         assert response.status_code == 200, response.text
         assert not (b.auth_dir / session_id).exists()
+        # The live connection unlinked the device on the phone's side before it ended.
+        [device] = [d for d in (await b.fake.status())["devices"] if d["jid"] == jid]
+        assert device["phase"] == "removed"
         await _connections(b.fake, 0)
         # A new start needs a new QR.
         started = await b.client.post(f"/api/sessions/{session_id}/start")

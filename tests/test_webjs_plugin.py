@@ -14,7 +14,6 @@ from enginehost import DisconnectClassification, DisconnectedEvent, ReadyEvent, 
 from enginehost.core.plugins import PluginStatus
 from enginehost.plugins.webjs_bridge import WebjsConfig, WebjsEngine, WebjsPlugin
 from enginehost.plugins.webjs_bridge.disconnects import classify
-from enginehost.plugins.webjs_bridge.plugin import BASE_CHROMIUM_ARGS
 from tests.conftest import entry_point, make_host
 from tests.support.daemon import cli_env, run_cli
 
@@ -112,7 +111,7 @@ async def test_a_missing_chromium_leaves_the_plugin_retrying_but_the_operators_p
         assert engine.start_params() == {"dataPath": str(profiles)}
         params = plugin.init_params()
         assert params["executablePath"] == "/nonexistent/chromium"
-        assert params["chromiumArgs"] == [*BASE_CHROMIUM_ARGS, "--lang=de"]
+        assert params["chromiumArgs"] == ["--lang=de"]
 
 
 @pytest.mark.slow

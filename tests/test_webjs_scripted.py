@@ -25,12 +25,19 @@ SCRIPT = Path(__file__).parent / "support" / "scripted_webjs.py"
 
 @asynccontextmanager
 async def scripted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, close: str | None = None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    close: str | None = None,
+    echo_first: bool = False,
 ) -> AsyncIterator[tuple[ApiHarness, httpx.AsyncClient, Path]]:
     real_spec = WebjsPlugin.sidecar_spec
 
     def spec(self: WebjsPlugin) -> Any:
-        env = {"SCRIPTED_CLOSE": close or "", "PATH": "/usr/bin:/bin"}
+        env = {
+            "SCRIPTED_CLOSE": close or "",
+            "SCRIPTED_ECHO_FIRST": "1" if echo_first else "",
+            "PATH": "/usr/bin:/bin",
+        }
         return dataclasses.replace(
             real_spec(self), command=[sys.executable, str(SCRIPT)], cwd=None, env=env
         )
@@ -69,10 +76,11 @@ async def _create(client: httpx.AsyncClient) -> str:
     return str(response.json()["id"])
 
 
+@pytest.mark.parametrize("echo_first", [False, True], ids=["reply-then-echo", "echo-then-reply"])
 async def test_link_receive_send_echo_and_acks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, echo_first: bool
 ) -> None:
-    async with scripted(tmp_path, monkeypatch) as (api, client, profiles):
+    async with scripted(tmp_path, monkeypatch, echo_first=echo_first) as (api, client, profiles):
         received = api.state.bus.subscribe(types=["message.received", "message.sent"])
         session_id = await _create(client)
         await _status(client, session_id, "ready")
@@ -91,7 +99,7 @@ async def test_link_receive_send_echo_and_acks(
         )
         assert sent.status_code in (200, 201), sent.text
         message_id = sent.json()["messageId"]
-        assert message_id.startswith("true_15551234567@c.us_OUT")
+        assert message_id == "3EB0OUT0001"  # the short id, as the echo and acks carry it
 
         async def read() -> bool:
             rows = (await client.get(f"/api/sessions/{session_id}/messages")).json()["messages"]

@@ -8,7 +8,10 @@ Run as ``python scripted_webjs.py``; the host speaks docs/sidecar-protocol.md to
 does) and acked sent, delivered, read. If ``SCRIPTED_CLOSE`` is set, the session closes
 with that code right after the inbound text, once per start: set it to ``LOGOUT``,
 ``CONFLICT``, ``NAVIGATION``... A ``session.logout`` deletes the profile as the library
-does. Every start is appended to the file named by ``SCRIPTED_LOG`` (if set).
+does. Every start is appended to the file named by ``SCRIPTED_LOG`` (if set). Message
+ids are short ids, as the real sidecar reports them; with ``SCRIPTED_ECHO_FIRST=1`` a
+send's echo comes before its reply (the real library may report ``message_create``
+before ``sendMessage`` resolves).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def play_phone(session: str, close_code: str | None) -> None:
         session,
         "message",
         {
-            "id": f"false_15551234567@c.us_IN{int(time.time() * 1000)}",
+            "id": f"3EB0IN{int(time.time() * 1000)}",
             "chat": "15551234567@c.us",
             "sender": "15551234567@c.us",
             "fromMe": False,
@@ -69,9 +72,11 @@ def answer_send(request_id: object, params: dict[str, object]) -> None:
     global _sent
     _sent += 1
     session = str(params["session"])
-    message_id = f"true_{params['chatId']}_OUT{_sent}"
+    message_id = f"3EB0OUT{_sent:04d}"
     now = int(time.time())
-    reply(request_id, {"id": message_id, "timestamp": now})
+    echo_first = os.environ.get("SCRIPTED_ECHO_FIRST") == "1"
+    if not echo_first:
+        reply(request_id, {"id": message_id, "timestamp": now})
     event(
         session,
         "message",
@@ -88,6 +93,9 @@ def answer_send(request_id: object, params: dict[str, object]) -> None:
             "pushName": None,
         },
     )
+    if echo_first:
+        time.sleep(0.05)  # the echo is surely taken before the send is answered
+        reply(request_id, {"id": message_id, "timestamp": now})
     for status in ("sent", "delivered", "read"):
         time.sleep(0.02)
         event(session, "ack", {"id": message_id, "chat": params["chatId"], "status": status})

@@ -138,6 +138,9 @@ class _Live:
     final_status: SessionStatus = SessionStatus.DISCONNECTED
     final_reason: str | None = None
     teardown_problem: str | None = None
+    logout_requested: bool = False
+    """A logout is stopping it: the live engine logs out (unlinks from the phone while
+    it still has a connection) instead of only stopping."""
 
 
 _MESSAGE_EVENTS = (MessageEvent, OwnMessageEvent, AckEvent, RevokeEvent, ReactionEvent)
@@ -269,18 +272,26 @@ class SessionManager:
         self._tasks.start_soon(self._supervise, live, name=f"session {record.name}")
         return record
 
-    async def stop(self, session_key: str, *, force: bool = False) -> SessionRecord:
-        """Stop a session (idempotent), keeping its auth; it stays stopped across boots."""
+    async def stop(
+        self, session_key: str, *, force: bool = False, logout: bool = False
+    ) -> SessionRecord:
+        """Stop a session (idempotent), keeping its auth unless ``logout``; it stays
+        stopped across boots."""
         record = await self._store.resolve(session_key)
         await self._store.update(record.id, desired_state=STOPPED)
         live = self._live.get(record.id)
         if live is not None:
+            live.logout_requested = logout
             await self._halt(live, force)
         return await self._store.resolve(record.id)
 
     async def logout(self, session_key: str) -> SessionRecord:
-        """Stop a session and wipe its engine auth: the next start shows a new QR."""
-        record = await self.stop(session_key)
+        """Stop a session and wipe its engine auth: the next start shows a new QR.
+
+        A running session logs out through its live engine, which can still unlink the
+        device on the phone; then a fresh engine object wipes what is left of the auth
+        (the whole of it, for a session that was not running)."""
+        record = await self.stop(session_key, logout=True)
         try:
             engine = self._engines.create_engine(record.engine, session_info(record))
         except Exception as exc:  # the engine is gone, or refuses the session's config
@@ -435,7 +446,7 @@ class SessionManager:
         live.qr = live.pairing_code = None
 
     async def _teardown(self, live: _Live, engine: Engine) -> None:
-        logged_out = (
+        logged_out = live.logout_requested or (
             live.end is not None and live.end.classification is DisconnectClassification.LOGGED_OUT
         )
         with anyio.CancelScope(shield=True):

@@ -55,8 +55,9 @@ class WebjsConfig(BridgeConfig):
     )
     web_version_cache_dir: Path | None = Field(
         None,
-        description="A directory of saved WhatsApp Web pages (<version>.html), served "
-        "instead of fetching them; unset: the library's own cache handling.",
+        description="A directory of saved WhatsApp Web pages (<version>.html): the "
+        "session gets exactly web_version's page from it; unset: whatever WhatsApp serves "
+        "(web_version then has no effect).",
     )
     init_timeout_ms: int = Field(
         60_000,

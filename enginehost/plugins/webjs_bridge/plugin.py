@@ -37,8 +37,9 @@ WEBJS_PACKAGE = SidecarPackage(
 )
 """The sidecar's Node package (``enginehost bridges install`` installs it)."""
 
-# Always given: the browser runs as a service, often as root, never updating itself
-# or calling home (and a closed network refuses those calls many at a time).
+# Always given (by the sidecar, before the operator's chromium_args): the browser runs
+# as a service, often as root, never updating itself or calling home (and a closed
+# network refuses those calls many at a time).
 BASE_CHROMIUM_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
@@ -111,7 +112,7 @@ class WebjsPlugin(BridgePlugin[WebjsConfig]):
         config = self.config
         return {
             "executablePath": config.executable_path or shutil.which("chromium") or "chromium",
-            "chromiumArgs": [*BASE_CHROMIUM_ARGS, *config.chromium_args],
+            "chromiumArgs": list(config.chromium_args),
             "headless": config.headless,
             "webVersion": config.web_version,
             "webVersionCacheDir": (

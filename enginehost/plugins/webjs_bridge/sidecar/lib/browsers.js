@@ -141,11 +141,32 @@ function pidRuns(pid) {
 const SINGLETON_FILES = ['SingletonLock', 'SingletonSocket', 'SingletonCookie'];
 
 /**
+ * Whether process `pid` is a browser running on `profileDir`. A lock's PID alone proves
+ * nothing: after a restart (a container keeps its hostname, PIDs start over) or a PID
+ * wrap-around it often names an unrelated process.
+ */
+function runsOnProfile(pid, profileDir) {
+  if (!pidRuns(pid)) return false;
+  let args;
+  try {
+    args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return false;
+  }
+  const wanted = path.resolve(profileDir);
+  return args.some(
+    (arg) => arg.startsWith('--user-data-dir=') && path.resolve(arg.slice('--user-data-dir='.length)) === wanted,
+  );
+}
+
+/**
  * Check a Chromium profile before launching on it. Chromium marks a profile in use with
  * a `SingletonLock` symlink whose target is `<hostname>-<pid>`. When that names this host
- * and a running process, the profile is in use: returns `{pid, lockPath}` and touches
- * nothing. Otherwise the lock is stale (a browser killed hard leaves it behind, and it
- * blocks the next launch): the three Singleton files are removed and null is returned.
+ * and a running browser on this very profile, the profile is in use: returns
+ * `{pid, lockPath}` and touches nothing. Otherwise the lock is stale (a browser killed
+ * hard leaves it behind, and it blocks the next launch): the three Singleton files are
+ * removed, with the temporary directory `SingletonSocket` points into, and null is
+ * returned.
  * @param {string} profileDir
  * @returns {{pid: number, lockPath: string}|null}
  */
@@ -159,9 +180,20 @@ function claimProfile(profileDir) {
   }
   if (target !== null) {
     const match = /^(.*)-(\d+)$/.exec(target);
-    if (match && match[1] === os.hostname() && pidRuns(Number(match[2]))) {
+    if (match && match[1] === os.hostname() && runsOnProfile(Number(match[2]), profileDir)) {
       return { pid: Number(match[2]), lockPath };
     }
+  }
+  try {
+    // The socket lives in a directory of its own under the system's temporary folder,
+    // which nothing else removes once its browser was killed.
+    const socket = fs.readlinkSync(path.join(profileDir, 'SingletonSocket'));
+    const folder = path.dirname(socket);
+    if (path.basename(folder).startsWith('org.chromium.Chromium.')) {
+      fs.rmSync(folder, { recursive: true, force: true });
+    }
+  } catch {
+    // No socket link: nothing to clean.
   }
   for (const name of SINGLETON_FILES) {
     fs.rmSync(path.join(profileDir, name), { force: true });

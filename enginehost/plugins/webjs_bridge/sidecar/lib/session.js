@@ -35,7 +35,9 @@ const GONE_AFTER_KILL_MS = 2000;
 /** A launch in flight when the client was destroyed: how long to wait for it to settle. */
 const LAUNCH_SETTLE_MS = 5000;
 const PAIRING_TIMEOUT_MS = 30000;
-const SEND_TIMEOUT_MS = 60000;
+// Below the host's request timeout (30 s): a send the host gave up on must not go out
+// later, or the caller retries and the message is sent twice.
+const SEND_TIMEOUT_MS = 25000;
 const PROFILE_REMOVE_MS = 5000;
 
 /** Resolve with the promise's value, or reject after ms. */
@@ -126,6 +128,9 @@ class Session {
         executablePath: settings.executablePath,
         headless: settings.headless,
         args: [...BASE_ARGS, ...settings.chromiumArgs],
+        // DevTools over a pipe rather than a WebSocket: when the sidecar dies in any
+        // way, SIGKILL included, the pipe closes and Chromium exits by itself.
+        pipe: true,
         // The sidecar decides when browsers end: puppeteer's own handlers would close
         // them (and exit on SIGINT) on a signal the hosted sidecar must ignore.
         handleSIGINT: false,
@@ -283,7 +288,11 @@ class Session {
   closeRun(run, code, reason) {
     if (run.detached || run !== this.run) return;
     const torn = this.teardown(run, STOP_DESTROY_MS);
-    torn.then(() => this.emit('close', { code, reason }));
+    // Reported only if nothing replaced or stopped the session meanwhile: a late close
+    // of an old run would read as the end of the new one.
+    torn.then(() => {
+      if (!this.closed && this.run === null) this.emit('close', { code, reason });
+    });
   }
 
   /**
