@@ -132,7 +132,7 @@ class SidecarProcess:
         self.exit_reason = ""
         self._handing_over = 0
         self._last_handover = 0.0
-        self._children: set[int] = set()
+        self._children: dict[int, str | None] = {}  # process group -> leader's start time
         self.closing_by_host = False
 
     @property
@@ -226,14 +226,16 @@ class SidecarProcess:
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
             log.warning("sidecar.bad_process_event", data=str(data)[:200])
         elif state == "started":
-            self._children.add(pid)
+            self._children[pid] = _start_time(pid)
         elif state == "exited":
-            self._children.discard(pid)
+            self._children.pop(pid, None)
 
     def _kill_children(self, log: Any) -> None:
         """Kill the process groups the sidecar left behind: a browser started detached
         outlives a sidecar killed with SIGKILL otherwise."""
-        for pgid in sorted(self._children):
+        for pgid, started in sorted(self._children.items()):
+            if started is not None and _start_time(pgid) != started:
+                continue  # that process ended and its PID went to another: not ours
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
@@ -491,6 +493,15 @@ class SidecarProcess:
                 log.error("sidecar.unresponsive", error=str(exc))
                 self.kill(f"no heartbeat answer within {self._heartbeat_timeout:g} s")
                 return
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), to tell it from a later
+    process given the same PID; ``None`` when it is gone or unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _parse_hello(message: Mapping[str, Any]) -> Hello:

@@ -10,7 +10,7 @@ const { ReplyError } = require('../../../../sidecar/js/protocol');
 const params = require('../../../../sidecar/js/params');
 const { LEVEL_NAMES } = require('../../../../sidecar/js/stdio');
 const { createCore, DEFAULT_MAX_LINE_BYTES } = require('../../../../sidecar/js/core');
-const { watchSpawns, killGroup, live } = require('./browsers');
+const { watchSpawns, killGroup, groupGone, live } = require('./browsers');
 const { Session } = require('./session');
 
 /** The exit must finish within 2 s of EOF; this leaves room for the process to go. */
@@ -168,7 +168,11 @@ function createSidecar({ deps, writer, logger, exit }) {
       }),
     ]);
     clearTimeout(timer);
-    for (const pid of live) killGroup(pid);
+    const left = [...live];
+    for (const pid of left) killGroup(pid);
+    // A moment for the kernel to take them: an exit right after the kill would let
+    // the host see members of a group that is about to be empty.
+    await Promise.all(left.map((pid) => groupGone(pid, 300)));
   });
 
   return core;
