@@ -35,8 +35,9 @@ const GONE_AFTER_KILL_MS = 2000;
 /** A launch in flight when the client was destroyed: how long to wait for it to settle. */
 const LAUNCH_SETTLE_MS = 5000;
 const PAIRING_TIMEOUT_MS = 30000;
-// Below the host's request timeout (30 s): a send the host gave up on must not go out
-// later, or the caller retries and the message is sent twice.
+// Below the host's request timeout (30 s), so the host hears this sidecar's answer
+// rather than timing out blind. (The page cannot be told to drop a send in progress:
+// one that completes later still arrives, as an own message.)
 const SEND_TIMEOUT_MS = 25000;
 const PROFILE_REMOVE_MS = 5000;
 
