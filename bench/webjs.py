@@ -41,35 +41,10 @@ from enginehost.core.services import BackgroundTasks, HostServices
 from enginehost.core.settings import load_settings
 from enginehost.plugins.webjs_bridge import WebjsPlugin
 from enginehost.plugins.webjs_bridge.plugin import BASE_CHROMIUM_ARGS
+from tests.support.procs import group_members, pss
 from tests.support.webjs_stub import STUB_VERSION, stub_cache
 
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"
-
-
-def pss(pid: int) -> int:
-    """PSS of one process in bytes (0 when it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def group_pss(pgid: int) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from enginehost.plugins.baileys_bridge import BaileysPlugin
 from tests.support.api import BAILEYS, SANDBOX, ApiHarness, api_harness
 from tests.support.daemon import Daemon, cli_env
 from tests.support.fakewa import FakeWhatsApp, fake_whatsapp, require_node_modules
+from tests.support.procs import alive, children, command_line
 from tests.support.wait import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -122,17 +123,6 @@ async def _connections(fake: FakeWhatsApp, count: int, within: float = 10) -> No
         await until(reached, within=within, poll=0.05)
     except TimeoutError:
         raise AssertionError(f"not {count} connections: {await fake.status()}") from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 async def test_pair_then_receive_send_and_ack(tmp_path: Path) -> None:
@@ -274,7 +264,7 @@ async def test_a_killed_sidecar_is_replaced_and_its_sessions_come_back(tmp_path:
         beta, _ = await b.paired("beta", "15550002222")
         [old_pid] = b.plugin.sidecar_pids()
         os.kill(old_pid, 9)
-        await until(lambda: not _alive(old_pid), within=5)
+        await until(lambda: not alive(old_pid), within=5)
         for session_id in (alpha, beta):
             await until(lambda s=session_id: _reason_seen(b, s, "sidecar"), within=10)
             await b.wait_status(session_id, "ready", within=30)
@@ -282,7 +272,7 @@ async def test_a_killed_sidecar_is_replaced_and_its_sessions_come_back(tmp_path:
         assert new_pid != old_pid
         await _connections(b.fake, 2)
     # The harness stopped: no sidecar is left behind.
-    assert not _alive(new_pid)
+    assert not alive(new_pid)
 
 
 async def test_a_rejected_upgrade_trips_the_connect_watchdog(tmp_path: Path) -> None:
@@ -311,7 +301,7 @@ async def test_stop_while_connecting_keeps_the_sidecar_alive(tmp_path: Path, han
         stopped = await b.client.post(f"/api/sessions/{session_id}/stop")
         assert stopped.status_code == 200
         await b.wait_status(session_id, "disconnected")
-        assert _alive(pid)
+        assert alive(pid)
         # The stopped session left the sidecar, socket and all.
         assert session_id not in await b.sockets()
         await b.fake.silent(False)
@@ -354,24 +344,6 @@ async def test_a_pairing_code_is_requested_through_the_api(tmp_path: Path) -> No
         assert len(code.replace("-", "")) == 8
 
 
-def _command_line(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-
-
-def _children(pid: int) -> list[int]:
-    """The PIDs whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 async def test_a_host_killed_with_sigkill_leaves_no_sidecar(tmp_path: Path) -> None:
     require_node_modules()
     async with fake_whatsapp() as fake:
@@ -395,11 +367,11 @@ async def test_a_host_killed_with_sigkill_leaves_no_sidecar(tmp_path: Path) -> N
                     return answer.status_code == 200 and bool(answer.json().get("qr"))
 
                 await until(shows_qr, within=30, poll=0.1)
-            [sidecar] = _children(daemon.process.pid)
-            assert "sidecar.js" in _command_line(sidecar)
+            [sidecar] = children(daemon.process.pid)
+            assert "sidecar.js" in command_line(sidecar)
             daemon.process.kill()  # SIGKILL, by PID: no cleanup code of the host runs
             await anyio.to_thread.run_sync(daemon.process.wait)
-            await until(lambda: not _alive(sidecar), within=10)
+            await until(lambda: not alive(sidecar), within=10)
             await _connections(fake, 0)
         finally:
             daemon.kill()

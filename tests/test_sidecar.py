@@ -23,6 +23,7 @@ from enginehost.sidecar import (
     SidecarSpec,
 )
 from enginehost.sidecar.lines import OverlongLine, bounded_lines
+from tests.support.procs import alive
 from tests.support.wait import until
 
 SCRIPT = Path(__file__).parent / "support" / "scripted_sidecar.py"
@@ -32,18 +33,6 @@ pytestmark = pytest.mark.anyio
 
 def _command(*behaviours: str) -> list[str]:
     return [sys.executable, str(SCRIPT), *behaviours]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); its state in /proc says it is gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- lines
@@ -144,7 +133,7 @@ async def _exercise(process: SidecarProcess, recorder: _Recorder) -> None:
         await process.close()
         tg.cancel_scope.cancel()
     assert process.exited.is_set()
-    assert process.pid is not None and not _alive(process.pid)
+    assert process.pid is not None and not alive(process.pid)
     with pytest.raises(SidecarGoneError):
         await process.request("echo", {})
 
@@ -154,7 +143,7 @@ async def test_a_protocol_mismatch_fails_the_start_and_leaves_no_process() -> No
     async with anyio.create_task_group() as tg:
         with pytest.raises(SidecarGoneError, match="speaks protocol 99"):
             await tg.start(process.run)
-    assert process.pid is not None and not _alive(process.pid)
+    assert process.pid is not None and not alive(process.pid)
 
 
 async def test_no_hello_within_the_handshake_timeout_fails_clearly() -> None:
@@ -162,7 +151,7 @@ async def test_no_hello_within_the_handshake_timeout_fails_clearly() -> None:
     async with anyio.create_task_group() as tg:
         with pytest.raises(SidecarGoneError, match="no hello"):
             await tg.start(process.run)
-    assert process.pid is not None and not _alive(process.pid)
+    assert process.pid is not None and not alive(process.pid)
 
 
 async def test_a_missing_binary_is_a_clear_error() -> None:
@@ -185,7 +174,7 @@ async def test_an_unanswered_heartbeat_kills_the_sidecar() -> None:
         with anyio.fail_after(5):
             await process.exited.wait()
     assert "heartbeat" in process.exit_reason
-    assert process.pid is not None and not _alive(process.pid)
+    assert process.pid is not None and not alive(process.pid)
 
 
 async def test_a_slow_host_is_not_taken_for_a_hung_sidecar() -> None:
@@ -222,13 +211,13 @@ async def test_process_groups_a_dead_sidecar_reported_are_killed() -> None:
         await tg.start(process.run)
         await until(lambda: process.child_process_groups != frozenset())
         [child] = process.child_process_groups
-        assert _alive(child)
+        assert alive(child)
         assert recorder.events[0][1] == "process"  # still forwarded to the bridge
         assert process.pid is not None
         os.kill(process.pid, 9)  # the sidecar dies without a word; its child would stay
         with anyio.fail_after(10):
             await process.exited.wait()
-    await until(lambda: not _alive(child), within=5)
+    await until(lambda: not alive(child), within=5)
 
 
 async def test_requests_waiting_when_the_sidecar_dies_fail_at_once() -> None:
@@ -299,7 +288,7 @@ async def test_sessions_fill_sidecars_up_to_the_limit_and_events_reach_their_ses
         assert links[name].events == [("qr", {"qr": "Q"})]
     pids = pool.pids()
     await pool.aclose()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     # Sessions still attached hear that their connection ended, and why.
     assert all(link.lost == ["closed by the host"] for link in links.values())
 
@@ -338,7 +327,7 @@ async def test_an_idle_sidecar_is_closed_after_its_grace_period(
     assert again.pid == pid
     again.detach()
     # ... and once it is really idle, the process ends.
-    await until(lambda: pool.snapshot() == [] and not _alive(pid), within=5)
+    await until(lambda: pool.snapshot() == [] and not alive(pid), within=5)
     await pool.aclose()
 
 

@@ -23,6 +23,7 @@ from enginehost.core.plugins import PluginStatus
 from enginehost.plugins.webjs_bridge import WebjsPlugin
 from tests.support.api import SANDBOX, WEBJS, ApiHarness, api_harness
 from tests.support.fakewa import node_modules_ready
+from tests.support.procs import group_members
 from tests.support.wait import until
 from tests.support.webjs_stub import NO_QR_VERSION, STUB_VERSION, stub_cache
 
@@ -43,21 +44,6 @@ def _require_browser() -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-
-
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 @dataclass
@@ -132,11 +118,11 @@ async def test_launch_shows_the_librarys_qr_and_stop_leaves_no_browser(tmp_path:
         qr = await b.qr(session_id)
         assert qr.startswith("stub-ref-")
         [group] = b.browser_groups()
-        assert len(_group(group)) >= 3  # a browser is a dozen processes
+        assert len(group_members(group)) >= 3  # a browser is a dozen processes
         assert (b.profiles / f"session-{session_id}").is_dir()
         stopped = await b.client.post(f"/api/sessions/{session_id}/stop")
         assert stopped.status_code == 200
-        await until(lambda: _group(group) == [], within=15)
+        await until(lambda: group_members(group) == [], within=15)
         # Stop keeps the profile (a restart would skip the QR).
         assert (b.profiles / f"session-{session_id}").is_dir()
 
@@ -151,7 +137,7 @@ async def test_a_sigkilled_sidecar_leaves_no_browser_and_the_session_comes_back(
         [sidecar] = b.plugin.sidecar_pids()
         os.kill(sidecar, signal.SIGKILL)
         # puppeteer starts Chromium detached: only the host's kill ends it now.
-        await until(lambda: _group(group) == [], within=15)
+        await until(lambda: group_members(group) == [], within=15)
 
         async def new_browser() -> bool:
             groups = b.browser_groups()

@@ -26,6 +26,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 
+from tests.support.procs import children, group_members
 from tests.test_baileys_sidecar import Sidecar, SidecarError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -64,38 +65,6 @@ def _pinned_version() -> str:
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def group_members(pgid: int) -> list[int]:
-    """The running (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def children_of(pid: int) -> list[int]:
-    """Running processes whose parent is pid."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.append(int(entry.name))
-    return children
 
 
 def dead_pid() -> int:
@@ -310,7 +279,7 @@ async def test_a_profile_in_use_is_refused(tmp_path: Path) -> None:
             assert str(profile(tmp_path)) in caught.value.message
             await anyio.sleep(0.5)
             assert second.seen == []
-            assert children_of(second.process.pid) == []
+            assert children(second.process.pid) == []
             assert (await second.call("debug.stats"))["sessions"] == {}
         # The refusal touched nothing of the first browser.
         assert pid in group_members(pid)
