@@ -33,6 +33,7 @@ from enginehost.core.engine import (
     EngineNotRunningError,
     ErrorEvent,
     EventSink,
+    SendResult,
     SessionInfo,
 )
 from enginehost.core.logging import get_logger
@@ -128,6 +129,10 @@ class SidecarEngine(Engine):
     @abstractmethod
     async def wipe_auth(self) -> None:
         """Delete the session's stored auth (the host's part of a logout)."""
+
+    def text_target(self, chat_id: str) -> Mapping[str, Any]:
+        """The params naming the chat of ``message.sendText`` (the library's dialect)."""
+        return {"chatId": chat_id}
 
     @property
     def sidecar_pid(self) -> int | None:
@@ -251,6 +256,17 @@ class SidecarEngine(Engine):
             await self._queue_in.send(event)
 
     # ------------------------------------------------------------------ requests
+
+    async def send_text(
+        self, chat_id: str, text: str, *, quoted_message_id: str | None = None
+    ) -> SendResult:
+        result = await self.call(
+            "message.sendText",
+            {**self.text_target(chat_id), "text": text, "quotedId": quoted_message_id},
+        )
+        return SendResult(
+            message_id=str(result["id"]), timestamp=epoch_time(result.get("timestamp"))
+        )
 
     async def call(
         self, method: str, params: Mapping[str, Any], *, needs_connection: bool = True

@@ -17,13 +17,12 @@ from enginehost import (
     DisconnectedEvent,
     EngineEvent,
     ErrorEvent,
-    SendResult,
     SessionInfo,
 )
 from enginehost.core.logging import get_logger
 from enginehost.plugins.baileys_bridge.disconnects import classify
 from enginehost.plugins.baileys_bridge.jids import to_library, to_neutral
-from enginehost.sidecar import ConnectSlots, SidecarEngine, epoch_time
+from enginehost.sidecar import ConnectSlots, SidecarEngine
 from enginehost.sidecar.engine import Attach
 from enginehost.sidecar.events import Converter, converters, remove_tree
 
@@ -63,16 +62,8 @@ class BaileysEngine(SidecarEngine):
     async def wipe_auth(self) -> None:
         await anyio.to_thread.run_sync(remove_tree, self.auth_dir)
 
-    async def send_text(
-        self, chat_id: str, text: str, *, quoted_message_id: str | None = None
-    ) -> SendResult:
-        result = await self.call(
-            "message.sendText",
-            {"jid": to_library(chat_id), "text": text, "quotedId": quoted_message_id},
-        )
-        return SendResult(
-            message_id=str(result["id"]), timestamp=epoch_time(result.get("timestamp"))
-        )
+    def text_target(self, chat_id: str) -> Mapping[str, Any]:
+        return {"jid": to_library(chat_id)}
 
     async def request_pairing_code(self, phone_number: str) -> str:
         result = await self.call("session.pairingCode", {"phone": phone_number})

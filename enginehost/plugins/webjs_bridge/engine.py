@@ -16,12 +16,11 @@ import anyio.to_thread
 from enginehost import (
     DisconnectedEvent,
     EngineEvent,
-    SendResult,
     SessionInfo,
 )
 from enginehost.core.logging import get_logger
 from enginehost.plugins.webjs_bridge.disconnects import classify
-from enginehost.sidecar import ConnectSlots, SidecarEngine, epoch_time
+from enginehost.sidecar import ConnectSlots, SidecarEngine
 from enginehost.sidecar.engine import Attach
 from enginehost.sidecar.events import Converter, converters, remove_tree
 
@@ -79,16 +78,6 @@ class WebjsEngine(SidecarEngine):
         # The library's logout deletes the profile itself; a profile left behind (the
         # browser was gone, or files were busy) goes here.
         await anyio.to_thread.run_sync(remove_tree, self.profile_dir)
-
-    async def send_text(
-        self, chat_id: str, text: str, *, quoted_message_id: str | None = None
-    ) -> SendResult:
-        result = await self.call(
-            "message.sendText", {"chatId": chat_id, "text": text, "quotedId": quoted_message_id}
-        )
-        return SendResult(
-            message_id=str(result["id"]), timestamp=epoch_time(result.get("timestamp"))
-        )
 
 
 def _close(data: Mapping[str, Any]) -> EngineEvent:
